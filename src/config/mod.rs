@@ -1,0 +1,263 @@
+//! gateway.yaml: loading, validation and the compiled, immutable [`Config`] the request path reads.
+//!
+//! Loading is two-stage: `raw` holds the on-disk schema (strict serde types), `compile` checks
+//! everything that serde cannot (references between sections, strategy requirements, templates,
+//! URLs) and produces [`Config`]. Every problem found is reported, not just the first.
+
+mod compile;
+pub mod env;
+pub mod raw;
+pub mod units;
+
+use indexmap::IndexMap;
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use raw::{BudgetPeriod, DifyApp, LogFormat, ProviderType, Strategy};
+pub use units::Secret;
+
+/// How bad a finding is: errors stop a load, warnings are printed by `--check` only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One finding about a config file, with a position (`file:line:column`) where the parser knows
+/// it, else the key path (`scenarios.x.targets[1].provider`).
+#[derive(Debug, Clone)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub location: String,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{}: {sev}: {}", self.location, self.message)
+    }
+}
+
+/// A failed load: every diagnostic found (errors and warnings).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", render(.0))]
+pub struct ConfigError(pub Vec<Diagnostic>);
+
+fn render(d: &[Diagnostic]) -> String {
+    d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_token: Duration,
+    pub idle: Duration,
+    pub total: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    pub attempts: u32,
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Breaker {
+    pub failure_threshold: u32,
+    pub open_for: Duration,
+    pub success_threshold: u32,
+    pub half_open_probes: u32,
+}
+
+/// Where a provider lives, split once at load so the request path never parses URLs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing slash, e.g. `/v1` (may be empty).
+    pub base_path: String,
+}
+
+impl UpstreamUrl {
+    /// The `Host` header value: the port is omitted when it is the scheme's default.
+    pub fn host_header(&self) -> String {
+        let default = if self.tls { 443 } else { 80 };
+        if self.port == default {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DifySettings {
+    pub app: DifyApp,
+    pub query_input: String,
+    pub output: Option<String>,
+    /// Template names in [`Config::templates`], by Dify input variable.
+    pub inputs: IndexMap<String, String>,
+    pub system_input: Option<String>,
+    pub reasoning: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum ProviderKind {
+    OpenAi,
+    Dify(DifySettings),
+}
+
+#[derive(Debug)]
+pub struct Provider {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub url: UpstreamUrl,
+    /// `None` when the key expanded to nothing: routing skips such a provider.
+    pub api_key: Option<Secret>,
+    pub timeouts: Timeouts,
+    pub retry: Retry,
+    pub breaker: Breaker,
+    pub max_concurrency: u32,
+}
+
+impl Provider {
+    pub fn type_name(&self) -> &'static str {
+        match self.kind {
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::Dify(_) => "dify",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cost {
+    /// USD per 1M prompt tokens.
+    pub input: f64,
+    /// USD per 1M completion tokens.
+    pub output: f64,
+}
+
+#[derive(Debug)]
+pub struct Target {
+    pub provider: Arc<Provider>,
+    /// Upstream model (openai); `None` forwards the client's `model`.
+    pub model: Option<String>,
+    pub weight: Option<u32>,
+    pub cost: Option<Cost>,
+    /// Template name in [`Config::templates`].
+    pub system_prompt: Option<String>,
+    /// Defaults merged under the client's values.
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// Dify inputs specific to this target (template names), over the provider's.
+    pub inputs: IndexMap<String, String>,
+    /// Effective timeouts: scenario override over provider over defaults.
+    pub timeouts: Timeouts,
+    pub retry: Retry,
+}
+
+#[derive(Debug, Default)]
+pub struct Match {
+    pub headers: Vec<(String, String)>,
+    pub metadata: Vec<(String, serde_json::Value)>,
+    pub clients: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct Scenario {
+    pub name: String,
+    pub models: Vec<String>,
+    pub matcher: Option<Match>,
+    pub strategy: Strategy,
+    pub targets: Vec<Target>,
+    pub cache_ttl: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BudgetLimit {
+    Usd(f64),
+    Tokens(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budget {
+    pub limit: BudgetLimit,
+    pub per: BudgetPeriod,
+}
+
+#[derive(Debug)]
+pub struct Client {
+    pub name: String,
+    pub api_key: Option<Secret>,
+    /// `None` = every scenario (`"*"`).
+    pub scenarios: Option<Vec<String>>,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub budget: Option<Budget>,
+    pub max_concurrency: Option<u32>,
+}
+
+impl Client {
+    pub fn allows(&self, scenario: &str) -> bool {
+        self.scenarios
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|s| s == scenario))
+    }
+}
+
+#[derive(Debug)]
+pub struct Config {
+    /// The file this was loaded from; relative paths inside it resolve against its folder.
+    pub path: PathBuf,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub admin_api_key: Option<Secret>,
+    pub max_body: usize,
+    /// `None` = no client authentication (sidecar reached over localhost only).
+    pub clients: Option<Vec<Client>>,
+    pub providers: IndexMap<String, Arc<Provider>>,
+    pub scenarios: IndexMap<String, Scenario>,
+    /// Scenario name or alias → index into `scenarios`.
+    pub models: HashMap<String, usize>,
+    pub default_scenario: Option<usize>,
+    pub cache_max_entries: u64,
+    pub cache_max_bytes: u64,
+    pub log_level: Option<String>,
+    pub log_format: LogFormat,
+    pub grace_period: Duration,
+    /// System prompts and Dify inputs, compiled once.
+    pub templates: minijinja::Environment<'static>,
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(vec![Diagnostic {
+                severity: Severity::Error,
+                location: path.display().to_string(),
+                message: format!("cannot read config file: {e}"),
+            }])
+        })?;
+        Self::from_str_at(&text, path)
+    }
+
+    /// Parses `text` as if it were the file at `path` (used for positions and relative paths).
+    pub fn from_str_at(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        compile::compile(text, path)
+    }
+
+    pub fn scenario_index(&self, name: &str) -> Option<usize> {
+        self.scenarios.get_index_of(name)
+    }
+}

@@ -1,0 +1,239 @@
+//! The gateway.yaml v1 schema as written on disk: serde types with `deny_unknown_fields`, so a
+//! typo is a load error with its position rather than a silently ignored key. Compilation into
+//! the runtime [`super::Config`] happens in `compile.rs`.
+
+use super::units::{Dur, EnvString, Size};
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<EnvString>,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub limits: RawLimits,
+    pub clients: Option<Vec<RawClient>>,
+    #[serde(default)]
+    pub defaults: RawDefaults,
+    #[serde(default)]
+    pub providers: IndexMap<String, RawProvider>,
+    #[serde(default)]
+    pub scenarios: IndexMap<String, RawScenario>,
+    pub default_scenario: Option<EnvString>,
+    #[serde(default)]
+    pub cache: RawCacheStore,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub shutdown: RawShutdown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<EnvString>,
+    pub api_key: Option<EnvString>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_body: Option<Size>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClient {
+    pub name: String,
+    pub api_key: Option<EnvString>,
+    pub scenarios: Option<Vec<String>>,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub budget: Option<RawBudget>,
+    pub max_concurrency: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    pub usd: Option<f64>,
+    pub tokens: Option<u64>,
+    pub per: BudgetPeriod,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetPeriod {
+    Minute,
+    Hour,
+    Day,
+    Month,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub connect: Option<Dur>,
+    pub first_token: Option<Dur>,
+    pub idle: Option<Dur>,
+    pub total: Option<Dur>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub attempts: Option<u32>,
+    pub backoff: Option<Dur>,
+    pub max_backoff: Option<Dur>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    pub failure_threshold: Option<u32>,
+    pub open_for: Option<Dur>,
+    pub success_threshold: Option<u32>,
+    pub half_open_probes: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDefaults {
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    #[serde(default)]
+    pub retry: RawRetry,
+    #[serde(default)]
+    pub breaker: RawBreaker,
+    pub max_concurrency: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderType {
+    Openai,
+    Dify,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DifyApp {
+    Chat,
+    Agent,
+    Chatflow,
+    Workflow,
+    Completion,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    #[serde(rename = "type")]
+    pub kind: ProviderType,
+    pub base_url: EnvString,
+    pub api_key: Option<EnvString>,
+    pub timeouts: Option<RawTimeouts>,
+    pub retry: Option<RawRetry>,
+    pub breaker: Option<RawBreaker>,
+    pub max_concurrency: Option<u32>,
+    // Dify only.
+    pub app: Option<DifyApp>,
+    pub query_input: Option<String>,
+    pub output: Option<String>,
+    pub inputs: Option<IndexMap<String, String>>,
+    pub system_input: Option<String>,
+    pub reasoning: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    #[default]
+    Failover,
+    RoundRobin,
+    Weighted,
+    LeastLatency,
+    LeastBusy,
+    Cost,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScenario {
+    pub models: Option<Vec<String>>,
+    #[serde(rename = "match")]
+    pub matcher: Option<RawMatch>,
+    pub strategy: Option<Strategy>,
+    #[serde(default)]
+    pub targets: Vec<RawTarget>,
+    pub cache: Option<RawScenarioCache>,
+    pub retry: Option<RawRetry>,
+    pub timeouts: Option<RawTimeouts>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    #[serde(default)]
+    pub headers: IndexMap<String, String>,
+    #[serde(default)]
+    pub metadata: IndexMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub clients: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScenarioCache {
+    pub ttl: Dur,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCost {
+    pub input: f64,
+    pub output: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub provider: String,
+    pub model: Option<EnvString>,
+    pub weight: Option<u32>,
+    pub cost: Option<RawCost>,
+    pub system_prompt: Option<String>,
+    pub system_prompt_file: Option<String>,
+    pub params: Option<serde_json::Map<String, serde_json::Value>>,
+    pub inputs: Option<IndexMap<String, String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCacheStore {
+    pub max_entries: Option<u64>,
+    pub max_bytes: Option<Size>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub level: Option<String>,
+    pub format: Option<LogFormat>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShutdown {
+    pub grace_period: Option<Dur>,
+}

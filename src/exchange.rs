@@ -1,0 +1,136 @@
+//! The downstream half of a request: per-request context, response headers the contract promises
+//! (§1.4), and writing JSON bodies, SSE events and errors to the client.
+
+use crate::error::GatewayError;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use std::time::{Duration, Instant};
+
+/// What one request accumulates on its way; read by the `logging` hook for metrics.
+pub struct RequestCtx {
+    pub started: Instant,
+    pub request_id: String,
+    pub client: Option<String>,
+    pub scenario: Option<String>,
+    pub provider: Option<String>,
+    pub attempts: u32,
+    pub cache: &'static str,
+    pub session: Option<String>,
+    /// Status sent downstream; 499 when the client went away first.
+    pub status: u16,
+    /// Time spent waiting on upstreams (DNS, connect, send, reads) — excluded from overhead.
+    pub upstream_wait: Duration,
+    pub ttft: Option<Duration>,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    /// Whether this request is counted in the request metrics (API routes only).
+    pub metered: bool,
+}
+
+impl RequestCtx {
+    pub fn new() -> Self {
+        RequestCtx {
+            started: Instant::now(),
+            request_id: String::new(),
+            client: None,
+            scenario: None,
+            provider: None,
+            attempts: 0,
+            cache: "off",
+            session: None,
+            status: 0,
+            upstream_wait: Duration::ZERO,
+            ttft: None,
+            prompt_tokens: None,
+            completion_tokens: None,
+            metered: false,
+        }
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A header value we echo back only when it is short printable ASCII.
+pub fn echoable(value: &str) -> bool {
+    !value.is_empty() && value.len() <= 256 && value.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+/// A response header carrying the gateway's own headers.
+pub fn response_header(status: u16, ctx: &RequestCtx) -> Result<ResponseHeader, GatewayError> {
+    let bad = |e: pingora::BError| GatewayError::Internal(format!("response header: {e}"));
+    let mut h = ResponseHeader::build(status, Some(10)).map_err(bad)?;
+    h.insert_header("x-request-id", ctx.request_id.as_str()).map_err(bad)?;
+    if ctx.metered {
+        h.insert_header("x-gateway-cache", ctx.cache).map_err(bad)?;
+    }
+    if let Some(s) = &ctx.scenario {
+        h.insert_header("x-gateway-scenario", s.as_str()).map_err(bad)?;
+    }
+    if let Some(p) = &ctx.provider {
+        h.insert_header("x-gateway-provider", p.as_str()).map_err(bad)?;
+    }
+    if ctx.attempts > 0 {
+        h.insert_header("x-gateway-attempts", ctx.attempts.to_string()).map_err(bad)?;
+    }
+    if let Some(s) = &ctx.session {
+        h.insert_header("x-gateway-session", s.as_str()).map_err(bad)?;
+    }
+    Ok(h)
+}
+
+/// Writes a complete response with a known length.
+pub async fn write_full(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    status: u16,
+    content_type: &str,
+    body: Bytes,
+    extra: &[(&'static str, String)],
+) -> pingora::Result<()> {
+    let mut h = match response_header(status, ctx) {
+        Ok(h) => h,
+        Err(_) => ResponseHeader::build(status, None)?,
+    };
+    h.insert_header("content-type", content_type)?;
+    h.insert_header("content-length", body.len().to_string())?;
+    for (k, v) in extra {
+        h.insert_header(*k, v.as_str())?;
+    }
+    ctx.status = status;
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+pub async fn write_json(session: &mut Session, ctx: &mut RequestCtx, status: u16, body: Bytes) -> pingora::Result<()> {
+    write_full(session, ctx, status, "application/json", body, &[]).await
+}
+
+/// Writes `err` in the OpenAI error shape with its status and retry hints.
+pub async fn write_error(session: &mut Session, ctx: &mut RequestCtx, err: &GatewayError) -> pingora::Result<()> {
+    let mut extra = Vec::new();
+    if let Some(secs) = err.retry_after() {
+        extra.push(("retry-after", secs.to_string()));
+    }
+    if let Some(retry) = err.should_retry() {
+        extra.push(("x-should-retry", retry.to_string()));
+    }
+    write_full(session, ctx, err.status(), "application/json", err.body(), &extra).await
+}
+
+/// Headers for an SSE response; chunked so pingora flushes every event as it is written.
+pub fn sse_header(ctx: &RequestCtx) -> Result<ResponseHeader, GatewayError> {
+    let bad = |e: pingora::BError| GatewayError::Internal(format!("response header: {e}"));
+    let mut h = response_header(200, ctx)?;
+    h.insert_header("content-type", "text/event-stream; charset=utf-8").map_err(bad)?;
+    h.insert_header("cache-control", "no-cache").map_err(bad)?;
+    h.insert_header("transfer-encoding", "chunked").map_err(bad)?;
+    Ok(h)
+}
+
+/// The SSE terminator every stream ends with, on success or failure.
+pub const SSE_DONE: &[u8] = b"data: [DONE]\n\n";

@@ -1,0 +1,141 @@
+//! ai-gateway: an OpenAI-compatible LLM gateway sidecar built on pingora.
+//!
+//! [`build_server`] turns a validated [`config::Config`] into a pingora `Server` with the API and
+//! admin listeners; `main` runs it for the process's lifetime, and [`RunningGateway`] runs it on a
+//! thread with an explicit stop (integration tests, embedding).
+
+pub mod config;
+pub mod error;
+pub mod exchange;
+pub mod filters;
+pub mod forward;
+pub mod metrics;
+pub mod net;
+pub mod protocol;
+pub mod providers;
+pub mod routing;
+pub mod server;
+pub mod state;
+
+use async_trait::async_trait;
+use config::Config;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use server::{Gateway, Role};
+use state::Shared;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("the gateway did not start listening on {0} within 10 s")]
+    NotListening(SocketAddr),
+    #[error("cannot start the server thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// Builds the pingora server for `config`; the caller runs it.
+pub fn build_server(config: Config) -> Result<(Server, Arc<Shared>), StartError> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(config.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(5),
+        ..Default::default()
+    };
+    let listen = config.listen.to_string();
+    let admin_listen = config.admin_listen.to_string();
+    let shared = Arc::new(Shared::new(config)?);
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut api = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway { role: Role::Api, shared: shared.clone() },
+        "ai-gateway api",
+    );
+    api.add_tcp(&listen);
+    let mut admin = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway { role: Role::Admin, shared: shared.clone() },
+        "ai-gateway admin",
+    );
+    admin.add_tcp(&admin_listen);
+    admin.threads = Some(1);
+    server.add_service(api);
+    server.add_service(admin);
+    Ok((server, shared))
+}
+
+struct NotifyWatch(Arc<tokio::sync::Notify>);
+
+#[async_trait]
+impl ShutdownSignalWatch for NotifyWatch {
+    async fn recv(&self) -> ShutdownSignal {
+        self.0.notified().await;
+        ShutdownSignal::FastShutdown
+    }
+}
+
+/// A gateway running on its own thread until [`RunningGateway::stop`] or drop.
+pub struct RunningGateway {
+    pub shared: Arc<Shared>,
+    pub api_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    stop: Arc<tokio::sync::Notify>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunningGateway {
+    /// Starts the gateway and returns once both listeners accept connections.
+    pub fn start(config: Config) -> Result<RunningGateway, StartError> {
+        let api_addr = config.listen;
+        let admin_addr = config.admin_listen;
+        let (server, shared) = build_server(config)?;
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let watch = NotifyWatch(stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("ai-gateway".into())
+            .spawn(move || {
+                server.run(RunArgs {
+                    shutdown_signal: Box::new(watch),
+                })
+            })?;
+        let gw = RunningGateway {
+            shared,
+            api_addr,
+            admin_addr,
+            stop,
+            thread: Some(thread),
+        };
+        for addr in [api_addr, admin_addr] {
+            let until = Instant::now() + Duration::from_secs(10);
+            while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+                if Instant::now() > until {
+                    return Err(StartError::NotListening(addr));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        Ok(gw)
+    }
+
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.stop.notify_one();
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for RunningGateway {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,268 @@
+//! The chat-completions request as the gateway sees it.
+//!
+//! Only the fields the gateway acts on are decoded; everything else (including every message) is
+//! kept as the client's raw JSON text, so a large history or a base64 image reaches the upstream
+//! byte for byte and is never re-serialized.
+
+use crate::error::GatewayError;
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// Keys of `metadata` that belong to the gateway and are stripped before forwarding.
+pub const GATEWAY_METADATA_KEYS: [&str; 3] = ["scenario", "session_id", "user_profile"];
+
+/// A JSON object as an ordered list of (key, raw value).
+struct RawObject(Vec<(String, Box<RawValue>)>);
+
+impl<'de> Deserialize<'de> for RawObject {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawObject;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawObject, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some((k, v)) = map.next_entry::<String, Box<RawValue>>()? {
+                    out.push((k, v));
+                }
+                Ok(RawObject(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[derive(Deserialize)]
+struct MessageView {
+    role: Option<Value>,
+}
+
+/// What the gateway reads from headers for the same purposes as body fields (§1.3).
+#[derive(Debug, Default, Clone)]
+pub struct RequestHints {
+    pub scenario: Option<String>,
+    pub session: Option<String>,
+    pub user_profile: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct ChatRequest {
+    pub model: Option<String>,
+    pub messages: Vec<Box<RawValue>>,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub user: Option<String>,
+    /// `metadata` minus the gateway's own keys (forwarded when not empty).
+    pub metadata: Map<String, Value>,
+    /// `metadata.scenario`.
+    pub scenario: Option<String>,
+    /// `metadata.session_id`, else the `x-gateway-session` header.
+    pub session: Option<String>,
+    /// `metadata.user_profile`, else the `x-gateway-user-profile` header; always an object.
+    pub user_profile: Value,
+    /// Every other top-level field, raw, in client order (`stream`, `temperature`, `tools`, …).
+    pub rest: Vec<(String, Box<RawValue>)>,
+}
+
+fn invalid(msg: impl Into<String>, param: &str) -> GatewayError {
+    GatewayError::invalid_request(msg, Some(param))
+}
+
+impl ChatRequest {
+    pub fn parse(body: &[u8], hints: &RequestHints) -> Result<ChatRequest, GatewayError> {
+        let obj: RawObject = serde_json::from_slice(body).map_err(|e| {
+            if e.classify() == serde_json::error::Category::Data {
+                GatewayError::invalid_request("request body must be a JSON object", None)
+            } else {
+                GatewayError::InvalidJson(e.to_string())
+            }
+        })?;
+        let mut model = None;
+        let mut messages = None;
+        let mut metadata = Map::new();
+        let mut stream = false;
+        let mut include_usage = false;
+        let mut user = None;
+        let mut rest = Vec::with_capacity(obj.0.len());
+        for (key, raw) in obj.0 {
+            match key.as_str() {
+                "model" => {
+                    model = Some(
+                        serde_json::from_str::<String>(raw.get())
+                            .map_err(|_| invalid("`model` must be a string", "model"))?,
+                    );
+                }
+                "messages" => {
+                    messages = Some(
+                        serde_json::from_str::<Vec<Box<RawValue>>>(raw.get())
+                            .map_err(|_| invalid("`messages` must be an array", "messages"))?,
+                    );
+                }
+                "metadata" => {
+                    let v: Value = serde_json::from_str(raw.get())
+                        .map_err(|_| invalid("`metadata` must be an object", "metadata"))?;
+                    match v {
+                        Value::Object(m) => metadata = m,
+                        Value::Null => {}
+                        _ => return Err(invalid("`metadata` must be an object", "metadata")),
+                    }
+                }
+                other => {
+                    match other {
+                        "stream" => {
+                            stream = serde_json::from_str::<Option<bool>>(raw.get())
+                                .map_err(|_| invalid("`stream` must be a boolean", "stream"))?
+                                .unwrap_or(false);
+                        }
+                        "stream_options" => {
+                            let v: Value = serde_json::from_str(raw.get()).map_err(|_| {
+                                invalid("`stream_options` must be an object", "stream_options")
+                            })?;
+                            include_usage = v
+                                .get("include_usage")
+                                .and_then(Value::as_bool)
+                                .unwrap_or(false);
+                        }
+                        "user" => {
+                            user = serde_json::from_str::<Option<String>>(raw.get())
+                                .map_err(|_| invalid("`user` must be a string", "user"))?;
+                        }
+                        _ => {}
+                    }
+                    rest.push((key, raw));
+                }
+            }
+        }
+        let messages = messages.ok_or_else(|| invalid("`messages` is required", "messages"))?;
+        if messages.is_empty() {
+            return Err(invalid("`messages` must not be empty", "messages"));
+        }
+        for (i, m) in messages.iter().enumerate() {
+            let view: MessageView = serde_json::from_str(m.get()).map_err(|_| {
+                invalid(format!("messages[{i}] must be an object"), &format!("messages[{i}]"))
+            })?;
+            if !matches!(view.role, Some(Value::String(_))) {
+                return Err(invalid(
+                    format!("messages[{i}].role must be a string"),
+                    &format!("messages[{i}].role"),
+                ));
+            }
+        }
+
+        let scenario = match metadata.remove("scenario") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s),
+            Some(_) => return Err(invalid("`metadata.scenario` must be a string", "metadata.scenario")),
+        };
+        let session = match metadata.remove("session_id") {
+            None | Some(Value::Null) => hints.session.clone(),
+            Some(Value::String(s)) => Some(s),
+            Some(_) => {
+                return Err(invalid("`metadata.session_id` must be a string", "metadata.session_id"))
+            }
+        };
+        let user_profile = match metadata.remove("user_profile") {
+            Some(v @ Value::Object(_)) => v,
+            Some(Value::Null) | None => match &hints.user_profile {
+                None => Value::Object(Map::new()),
+                Some(text) => match serde_json::from_str::<Value>(text) {
+                    Ok(v @ Value::Object(_)) => v,
+                    _ => {
+                        return Err(invalid(
+                            "header x-gateway-user-profile must be a JSON object",
+                            "x-gateway-user-profile",
+                        ))
+                    }
+                },
+            },
+            Some(_) => {
+                return Err(invalid(
+                    "`metadata.user_profile` must be an object",
+                    "metadata.user_profile",
+                ))
+            }
+        };
+        debug_assert!(GATEWAY_METADATA_KEYS.iter().all(|k| !metadata.contains_key(*k)));
+
+        Ok(ChatRequest {
+            model,
+            messages,
+            stream,
+            include_usage,
+            user,
+            metadata,
+            scenario,
+            session,
+            user_profile,
+            rest,
+        })
+    }
+
+    /// Whether the client sent this top-level field (used to merge target `params` under it).
+    pub fn has_field(&self, key: &str) -> bool {
+        match key {
+            "model" => self.model.is_some(),
+            "messages" => true,
+            "metadata" => !self.metadata.is_empty(),
+            _ => self.rest.iter().any(|(k, _)| k == key),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<ChatRequest, GatewayError> {
+        ChatRequest::parse(body.as_bytes(), &RequestHints::default())
+    }
+
+    #[test]
+    fn reads_gateway_fields_and_keeps_the_rest_raw() {
+        let r = parse(
+            r#"{"model":"m","messages":[{"role":"user","content":"hi \u00e9"}],"stream":true,
+               "stream_options":{"include_usage":true},"temperature":0.50,
+               "metadata":{"scenario":"s","session_id":"x","user_profile":{"a":1},"keep":"me"}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.model.as_deref(), Some("m"));
+        assert!(r.stream && r.include_usage);
+        assert_eq!(r.scenario.as_deref(), Some("s"));
+        assert_eq!(r.session.as_deref(), Some("x"));
+        assert_eq!(r.user_profile["a"], 1);
+        assert_eq!(r.metadata.len(), 1);
+        assert_eq!(r.messages[0].get(), r#"{"role":"user","content":"hi \u00e9"}"#);
+        let temp = r.rest.iter().find(|(k, _)| k == "temperature").unwrap();
+        assert_eq!(temp.1.get(), "0.50");
+    }
+
+    #[test]
+    fn rejects_bad_shapes_with_codes() {
+        assert_eq!(parse("{nope").unwrap_err().code(), "invalid_json");
+        assert_eq!(parse("[1]").unwrap_err().code(), "invalid_request");
+        assert_eq!(parse(r#"{"model":"m"}"#).unwrap_err().code(), "invalid_request");
+        assert_eq!(parse(r#"{"messages":[]}"#).unwrap_err().code(), "invalid_request");
+        assert_eq!(parse(r#"{"messages":[{"content":"x"}]}"#).unwrap_err().code(), "invalid_request");
+        assert_eq!(parse(r#"{"messages":[{"role":"user"}],"model":3}"#).unwrap_err().code(), "invalid_request");
+    }
+
+    #[test]
+    fn profile_header_is_used_when_body_has_none() {
+        let hints = RequestHints {
+            user_profile: Some(r#"{"skin_type":"dry"}"#.into()),
+            ..Default::default()
+        };
+        let r = ChatRequest::parse(br#"{"messages":[{"role":"user","content":"x"}]}"#, &hints).unwrap();
+        assert_eq!(r.user_profile["skin_type"], "dry");
+        let bad = RequestHints {
+            user_profile: Some("[1]".into()),
+            ..Default::default()
+        };
+        assert!(ChatRequest::parse(br#"{"messages":[{"role":"user","content":"x"}]}"#, &bad).is_err());
+    }
+}

@@ -1,0 +1,109 @@
+//! The OpenAI-compatible API listener: `/v1/chat/completions`, `/v1/models`, `/health`.
+
+use crate::error::GatewayError;
+use crate::exchange::{self, RequestCtx};
+use crate::filters::{auth, scenario};
+use crate::protocol::{ChatRequest, RequestHints};
+use crate::providers::{self, TemplateVars};
+use crate::state::Shared;
+use crate::{forward, routing};
+use bytes::Bytes;
+use pingora::proxy::Session;
+use serde_json::json;
+
+fn header<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
+    session.req_header().headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn route_error(session: &Session, allowed: &str) -> GatewayError {
+    let method = session.req_header().method.as_str().to_owned();
+    let path = session.req_header().uri.path().to_owned();
+    if method == allowed {
+        GatewayError::NotFound { method, path }
+    } else {
+        GatewayError::MethodNotAllowed { method, path }
+    }
+}
+
+pub async fn handle(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+    let method = session.req_header().method.clone();
+    let path = session.req_header().uri.path().to_owned();
+    match (path.as_str(), method.as_str()) {
+        ("/v1/chat/completions" | "/chat/completions", "POST") => {
+            ctx.metered = true;
+            chat(shared, session, ctx).await
+        }
+        ("/v1/models" | "/models", "GET") => models(shared, session, ctx).await,
+        ("/health", "GET" | "HEAD") => {
+            let _ = exchange::write_json(session, ctx, 200, Bytes::from_static(b"{\"status\":\"ok\"}")).await;
+            Ok(())
+        }
+        ("/v1/chat/completions" | "/chat/completions", _) => Err(route_error(session, "POST")),
+        ("/v1/models" | "/models" | "/health", _) => Err(route_error(session, "GET")),
+        _ => Err(GatewayError::NotFound {
+            method: method.as_str().to_owned(),
+            path,
+        }),
+    }
+}
+
+async fn models(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+    let state = shared.snapshot();
+    let config = &state.config;
+    auth::authenticate(config, session.req_header().headers.get("authorization").map(|v| v.as_bytes()))?;
+    let mut data = Vec::new();
+    for s in config.scenarios.values() {
+        for id in std::iter::once(&s.name).chain(s.models.iter()) {
+            data.push(json!({
+                "id": id,
+                "object": "model",
+                "created": state.loaded_at,
+                "owned_by": "ai-gateway",
+                "scenario": s.name,
+            }));
+        }
+    }
+    let body = json!({"object": "list", "data": data}).to_string();
+    let _ = exchange::write_json(session, ctx, 200, Bytes::from(body)).await;
+    Ok(())
+}
+
+async fn chat(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+    // One snapshot for the whole request: a reload mid-request never mixes two configs.
+    let state = shared.snapshot();
+    let config = &state.config;
+    let client = auth::authenticate(config, session.req_header().headers.get("authorization").map(|v| v.as_bytes()))?;
+    ctx.client = client.map(|c| c.name.clone());
+
+    let hints = RequestHints {
+        scenario: header(session, "x-gateway-scenario").map(str::to_owned),
+        session: header(session, "x-gateway-session").map(str::to_owned),
+        user_profile: header(session, "x-gateway-user-profile").map(str::to_owned),
+    };
+    let body = crate::server::read_body(session, config.max_body).await?;
+    let req = ChatRequest::parse(&body, &hints)?;
+    drop(body);
+    ctx.session = req.session.clone().filter(|s| exchange::echoable(s));
+
+    let idx = scenario::resolve(
+        config,
+        &req,
+        hints.scenario.as_deref(),
+        &session.req_header().headers,
+        client,
+    )?;
+    let scenario = &config.scenarios[idx];
+    ctx.scenario = Some(scenario.name.clone());
+
+    let plan = routing::plan(scenario)?;
+    // Strategies and fallback come with routing; the first usable target serves for now.
+    let target = plan.targets[0];
+    let default_user = client.map_or_else(|| "gateway".to_owned(), |c| format!("gateway-{}", c.name));
+    let vars = TemplateVars {
+        scenario: &scenario.name,
+        user: req.user.as_deref().unwrap_or(&default_user),
+    };
+    let call = providers::build_call(config, target, &req, &vars)?;
+    drop(req);
+    forward::forward(shared, session, ctx, target, call).await
+}

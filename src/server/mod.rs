@@ -1,0 +1,150 @@
+//! The pingora side: one `ProxyHttp` implementation serving both listeners. Every request is
+//! answered from `request_filter` (pingora's proxy phase is never reached: the upstream call is
+//! the gateway's own, see `forward`), and `logging` records the request's metrics.
+
+mod admin;
+mod api;
+
+use crate::error::GatewayError;
+use crate::exchange::{self, RequestCtx};
+use crate::state::Shared;
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `listen`: the OpenAI-compatible API.
+    Api,
+    /// `admin.listen`: metrics, health, readiness and the admin API.
+    Admin,
+}
+
+pub struct Gateway {
+    pub role: Role,
+    pub shared: Arc<Shared>,
+}
+
+/// SSE events are small writes; without TCP_NODELAY the second of two quick writes waits for the
+/// client's delayed ACK (~40 ms). pingora sets it on upstream sockets but not on accepted ones.
+fn set_nodelay(session: &Session) {
+    use std::os::fd::BorrowedFd;
+    if let Some(stream) = session.as_downstream().stream() {
+        // On unix pingora's stream id is the socket's file descriptor.
+        let raw = stream.id();
+        if raw < 0 {
+            return;
+        }
+        // SAFETY: the fd belongs to `stream`, which outlives this borrow; socket2 only calls
+        // setsockopt on it and never closes it.
+        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+        let _ = socket2::SockRef::from(&fd).set_tcp_nodelay(true);
+    }
+}
+
+fn request_id(session: &Session) -> String {
+    match session.req_header().headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+        Some(id) if exchange::echoable(id) && id.len() <= 128 => id.to_owned(),
+        _ => uuid::Uuid::new_v4().simple().to_string(),
+    }
+}
+
+/// Reads the whole request body, refusing more than `limit` bytes without reading them all.
+pub(crate) async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, GatewayError> {
+    let declared = session
+        .req_header()
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        // Draining an oversized body to keep the connection would cost what the limit saves.
+        session.set_keepalive(None);
+        return Err(GatewayError::RequestTooLarge { limit });
+    }
+    let mut buf = BytesMut::with_capacity(declared.map_or(16 * 1024, |n| n as usize));
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > limit {
+                    session.set_keepalive(None);
+                    return Err(GatewayError::RequestTooLarge { limit });
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Err(e) => {
+                session.set_keepalive(None);
+                return Err(GatewayError::invalid_request(
+                    format!("could not read the request body: {}", e.etype().as_str()),
+                    None,
+                ));
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
+        set_nodelay(session);
+        ctx.request_id = request_id(session);
+        let result = match self.role {
+            Role::Api => api::handle(&self.shared, session, ctx).await,
+            Role::Admin => admin::handle(&self.shared, session, ctx).await,
+        };
+        if let Err(err) = result {
+            if ctx.status == 0 && exchange::write_error(session, ctx, &err).await.is_err() {
+                ctx.status = 499;
+            }
+        }
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> pingora::Result<Box<HttpPeer>> {
+        // Unreachable: request_filter answers every request.
+        Err(pingora::Error::explain(
+            pingora::ErrorType::InternalError,
+            "the gateway does not use pingora's proxy phase",
+        ))
+    }
+
+    async fn logging(&self, _session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut RequestCtx) {
+        if !ctx.metered {
+            return;
+        }
+        let m = &self.shared.metrics;
+        let scenario = ctx.scenario.as_deref().unwrap_or("-");
+        let provider = ctx.provider.as_deref().unwrap_or("-");
+        let status = ctx.status.to_string();
+        m.requests_total
+            .with_label_values(&[scenario, provider, status.as_str(), ctx.cache])
+            .inc();
+        let elapsed = ctx.started.elapsed();
+        m.request_duration_seconds
+            .with_label_values(&[scenario, provider])
+            .observe(elapsed.as_secs_f64());
+        m.overhead_seconds
+            .with_label_values(&[scenario])
+            .observe(elapsed.saturating_sub(ctx.upstream_wait).as_secs_f64());
+        if let Some(ttft) = ctx.ttft {
+            m.time_to_first_token_seconds
+                .with_label_values(&[scenario, provider])
+                .observe(ttft.as_secs_f64());
+        }
+        if let Some(n) = ctx.prompt_tokens {
+            m.tokens_total.with_label_values(&[scenario, provider, "prompt"]).inc_by(n);
+        }
+        if let Some(n) = ctx.completion_tokens {
+            m.tokens_total.with_label_values(&[scenario, provider, "completion"]).inc_by(n);
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! Process-wide state shared by both listeners: the active configuration snapshot (swapped
+//! atomically on reload), metrics, the pooled upstream client and the DNS cache.
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::net::Resolver;
+use arc_swap::ArcSwap;
+use pingora::connectors::http::Connector;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Everything a request needs from configuration, fixed for the request's whole life.
+pub struct RuntimeState {
+    pub config: Arc<Config>,
+    pub generation: u64,
+    /// Unix time of the load, reported as `created` by `/v1/models`.
+    pub loaded_at: u64,
+}
+
+impl RuntimeState {
+    pub fn new(config: Config, generation: u64) -> Self {
+        RuntimeState {
+            config: Arc::new(config),
+            generation,
+            loaded_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
+}
+
+pub struct Shared {
+    state: ArcSwap<RuntimeState>,
+    pub metrics: Metrics,
+    pub connector: Connector,
+    pub resolver: Resolver,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Result<Shared, prometheus::Error> {
+        let metrics = Metrics::new()?;
+        metrics.config_generation.set(1);
+        Ok(Shared {
+            state: ArcSwap::from_pointee(RuntimeState::new(config, 1)),
+            metrics,
+            connector: Connector::new(None),
+            resolver: Resolver::default(),
+        })
+    }
+
+    /// The snapshot a request works with from start to end.
+    pub fn snapshot(&self) -> Arc<RuntimeState> {
+        self.state.load_full()
+    }
+}
