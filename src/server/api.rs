@@ -11,8 +11,14 @@ use bytes::Bytes;
 use pingora::proxy::Session;
 use serde_json::json;
 
+/// A header as UTF-8 text: profile values carry names in Chinese, which `to_str` (visible
+/// ASCII only) would drop.
 fn header<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
-    session.req_header().headers.get(name).and_then(|v| v.to_str().ok())
+    session
+        .req_header()
+        .headers
+        .get(name)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
 }
 
 fn route_error(session: &Session, allowed: &str) -> GatewayError {

@@ -51,7 +51,13 @@ fn request_id(session: &Session) -> String {
     }
 }
 
-/// Reads the whole request body, refusing more than `limit` bytes without reading them all.
+/// How much of an oversized body is read and discarded so the client sees the 413: HTTP/1.1
+/// clients (httpx, the OpenAI SDKs) finish sending before they read the answer, and a connection
+/// closed under them surfaces as a connection error instead of the status.
+const MAX_DRAIN: usize = 64 << 20;
+
+/// Reads the whole request body; over `limit` the rest is drained (up to [`MAX_DRAIN`], never
+/// kept) and the request is refused.
 pub(crate) async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, GatewayError> {
     let declared = session
         .req_header()
@@ -59,22 +65,31 @@ pub(crate) async fn read_body(session: &mut Session, limit: usize) -> Result<Byt
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        // Draining an oversized body to keep the connection would cost what the limit saves.
+    let mut over = declared.is_some_and(|n| n > limit as u64);
+    if declared.is_some_and(|n| n > (limit + MAX_DRAIN) as u64) {
         session.set_keepalive(None);
         return Err(GatewayError::RequestTooLarge { limit });
     }
-    let mut buf = BytesMut::with_capacity(declared.map_or(16 * 1024, |n| n as usize));
+    let capacity = if over { 0 } else { declared.map_or(16 * 1024, |n| n as usize) };
+    let mut buf = BytesMut::with_capacity(capacity);
+    let mut seen = 0usize;
     loop {
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
-                if buf.len() + chunk.len() > limit {
-                    session.set_keepalive(None);
-                    return Err(GatewayError::RequestTooLarge { limit });
+                seen += chunk.len();
+                if seen > limit {
+                    over = true;
+                    buf = BytesMut::new();
                 }
-                buf.extend_from_slice(&chunk);
+                if seen > limit + MAX_DRAIN {
+                    session.set_keepalive(None);
+                    break;
+                }
+                if !over {
+                    buf.extend_from_slice(&chunk);
+                }
             }
-            Ok(None) => return Ok(buf.freeze()),
+            Ok(None) => break,
             Err(e) => {
                 session.set_keepalive(None);
                 return Err(GatewayError::invalid_request(
@@ -84,6 +99,10 @@ pub(crate) async fn read_body(session: &mut Session, limit: usize) -> Result<Byt
             }
         }
     }
+    if over {
+        return Err(GatewayError::RequestTooLarge { limit });
+    }
+    Ok(buf.freeze())
 }
 
 #[async_trait]

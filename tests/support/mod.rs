@@ -1,0 +1,296 @@
+//! Test support: an in-process mock OpenAI upstream with fault knobs, and a helper that runs the
+//! real gateway (pingora server) on free loopback ports with a given config.
+#![allow(dead_code)]
+
+use ai_gateway::config::Config;
+use ai_gateway::RunningGateway;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::post;
+use axum::Router;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the mock received, exactly.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Recorded {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("upstream body is JSON")
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    }
+}
+
+/// Fault and shape knobs; change them while the mock runs.
+#[derive(Clone, Debug)]
+pub struct Knobs {
+    /// Status of the answer; non-2xx answers carry `error_body`.
+    pub status: u16,
+    pub error_body: String,
+    /// Delay before the response headers.
+    pub latency: Duration,
+    /// Accept the request and never answer.
+    pub never_answer: bool,
+    /// Send the stream's headers, then nothing.
+    pub stall_after_headers: bool,
+    /// Answer text; split into `chunks` stream chunks.
+    pub content: String,
+    pub chunks: usize,
+    pub chunk_interval: Duration,
+    /// End the stream after this many content chunks, without finish chunk or [DONE].
+    pub cut_after: Option<usize>,
+}
+
+impl Default for Knobs {
+    fn default() -> Self {
+        Knobs {
+            status: 200,
+            error_body: r#"{"error":{"message":"mock failure","type":"server_error","code":null}}"#.into(),
+            latency: Duration::ZERO,
+            never_answer: false,
+            stall_after_headers: false,
+            content: "Hello from the mock upstream, one two three.".into(),
+            chunks: 4,
+            chunk_interval: Duration::ZERO,
+            cut_after: None,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct MockState {
+    pub knobs: Mutex<Knobs>,
+    pub received: Mutex<Vec<Recorded>>,
+}
+
+pub struct MockOpenAi {
+    pub addr: SocketAddr,
+    pub state: Arc<MockState>,
+}
+
+impl MockOpenAi {
+    pub async fn start() -> MockOpenAi {
+        Self::start_with(Knobs::default()).await
+    }
+
+    pub async fn start_with(knobs: Knobs) -> MockOpenAi {
+        let state = Arc::new(MockState {
+            knobs: Mutex::new(knobs),
+            received: Mutex::new(Vec::new()),
+        });
+        let app = Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .route("/chat/completions", post(chat))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        MockOpenAi { addr, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+    pub fn set(&self, f: impl FnOnce(&mut Knobs)) {
+        f(&mut self.state.knobs.lock());
+    }
+    pub fn received(&self) -> Vec<Recorded> {
+        self.state.received.lock().clone()
+    }
+    pub fn count(&self) -> usize {
+        self.state.received.lock().len()
+    }
+    pub fn last(&self) -> Recorded {
+        self.state.received.lock().last().cloned().expect("the mock received a request")
+    }
+}
+
+pub const MOCK_CREATED: u64 = 1_700_000_000;
+
+fn split_content(text: &str, n: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let n = n.max(1);
+    let size = chars.len().div_ceil(n).max(1);
+    chars.chunks(size).map(|c| c.iter().collect()).collect()
+}
+
+async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, uri: axum::http::Uri, body: Bytes) -> Response {
+    state.received.lock().push(Recorded {
+        path: uri.path().to_owned(),
+        headers,
+        body: body.clone(),
+    });
+    let knobs = state.knobs.lock().clone();
+    if knobs.never_answer {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+    tokio::time::sleep(knobs.latency).await;
+    if knobs.status != 200 {
+        return Response::builder()
+            .status(knobs.status)
+            .header("content-type", "application/json")
+            .header("set-cookie", "upstream=secret")
+            .body(Body::from(knobs.error_body.clone()))
+            .unwrap();
+    }
+    let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let model = req["model"].as_str().unwrap_or("mock-model").to_owned();
+    let stream = req["stream"].as_bool().unwrap_or(false);
+    let include_usage = req["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+    let completion_tokens = knobs.content.split_whitespace().count() as u64;
+    let usage = json!({"prompt_tokens": 11, "completion_tokens": completion_tokens, "total_tokens": 11 + completion_tokens});
+    if !stream {
+        let answer = json!({
+            "id": "chatcmpl-mock",
+            "object": "chat.completion",
+            "created": MOCK_CREATED,
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": knobs.content}, "finish_reason": "stop", "logprobs": null}],
+            "usage": usage,
+        });
+        return Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .header("openai-organization", "mock-org")
+            .body(Body::from(answer.to_string()))
+            .unwrap();
+    }
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": MOCK_CREATED, "model": model,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}]})
+    };
+    let mut events: Vec<String> = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null).to_string()];
+    let parts = split_content(&knobs.content, knobs.chunks);
+    for (i, part) in parts.iter().enumerate() {
+        if knobs.cut_after == Some(i) {
+            break;
+        }
+        events.push(chunk(json!({"content": part}), Value::Null).to_string());
+    }
+    let cut = knobs.cut_after.is_some_and(|k| k < parts.len());
+    if !cut {
+        events.push(chunk(json!({}), json!("stop")).to_string());
+        if include_usage {
+            events.push(
+                json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": MOCK_CREATED, "model": model,
+                       "choices": [], "usage": usage})
+                .to_string(),
+            );
+        }
+        events.push("[DONE]".into());
+    }
+    let interval = knobs.chunk_interval;
+    let stall = knobs.stall_after_headers;
+    let stream = futures::stream::unfold((events.into_iter(), stall, true), move |(mut it, stall, first)| async move {
+        if stall {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        if !first {
+            tokio::time::sleep(interval).await;
+        }
+        let ev = it.next()?;
+        Some((Ok::<_, std::io::Error>(Bytes::from(format!("data: {ev}\n\n"))), (it, stall, false)))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+/// A running gateway on free loopback ports.
+pub struct TestGateway {
+    pub gw: RunningGateway,
+    pub api: String,
+    pub admin: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestGateway {
+    pub fn metrics(&self) -> String {
+        let url = format!("{}/metrics", self.admin);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async { reqwest::get(url).await.unwrap().text().await.unwrap() })
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+/// Picks two free ports. Both probe listeners are held until both are chosen, so the kernel
+/// cannot hand out the same port twice.
+pub fn free_ports() -> (u16, u16) {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (a.local_addr().unwrap().port(), b.local_addr().unwrap().port())
+}
+
+/// Starts the gateway with `yaml` (without `listen`/`admin.listen`, which are added). Extra
+/// files (prompts) can be written into the config's folder first with `files`.
+pub fn start_gateway_with_files(yaml: &str, files: &[(&str, &str)]) -> TestGateway {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let (api, admin) = free_ports();
+    let full = if yaml.contains("admin:") {
+        let with = yaml.replacen("admin:", &format!("admin:\n  listen: 127.0.0.1:{admin}"), 1);
+        format!("listen: 127.0.0.1:{api}\n{with}")
+    } else {
+        format!("listen: 127.0.0.1:{api}\nadmin:\n  listen: 127.0.0.1:{admin}\n{yaml}")
+    };
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, &full).unwrap();
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{full}"));
+    let gw = RunningGateway::start(config).expect("gateway starts");
+    TestGateway {
+        api: format!("http://{}", gw.api_addr),
+        admin: format!("http://{}", gw.admin_addr),
+        gw,
+        dir,
+    }
+}
+
+pub fn start_gateway(yaml: &str) -> TestGateway {
+    start_gateway_with_files(yaml, &[])
+}
+
+/// Loads a config file from disk with its listeners moved to free ports.
+pub fn start_gateway_from_file(path: &Path) -> TestGateway {
+    let (api, admin) = free_ports();
+    let text = std::fs::read_to_string(path).unwrap();
+    let text = text
+        .replace("${GATEWAY_LISTEN:-127.0.0.1:8080}", &format!("127.0.0.1:{api}"))
+        .replace("${GATEWAY_ADMIN_LISTEN:-127.0.0.1:9090}", &format!("127.0.0.1:{admin}"));
+    let config = Config::from_str_at(&text, path).unwrap_or_else(|e| panic!("{e}"));
+    let gw = RunningGateway::start(config).expect("gateway starts");
+    TestGateway {
+        api: format!("http://{}", gw.api_addr),
+        admin: format!("http://{}", gw.admin_addr),
+        gw,
+        dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+/// Parses an SSE body into its `data:` payloads.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|ev| ev.lines().find_map(|l| l.strip_prefix("data: ")).map(str::to_owned))
+        .collect()
+}
