@@ -108,9 +108,7 @@ impl GatewayError {
             | StreamIncomplete(_)
             | UpstreamUnavailable { .. }
             | UpstreamTimeout(_)
-            | Internal(_) => {
-                "api_error"
-            }
+            | Internal(_) => "api_error",
             UpstreamClientError { error_type, .. } => {
                 error_type.as_deref().unwrap_or("invalid_request_error")
             }
@@ -120,9 +118,8 @@ impl GatewayError {
 
     fn param(&self) -> Option<&str> {
         match self {
-            GatewayError::InvalidRequest { param, .. } | GatewayError::UpstreamClientError { param, .. } => {
-                param.as_deref()
-            }
+            GatewayError::InvalidRequest { param, .. }
+            | GatewayError::UpstreamClientError { param, .. } => param.as_deref(),
             GatewayError::ModelNotFound(_) => Some("model"),
             _ => None,
         }

@@ -64,21 +64,26 @@ pub fn echoable(value: &str) -> bool {
 pub fn response_header(status: u16, ctx: &RequestCtx) -> Result<ResponseHeader, GatewayError> {
     let bad = |e: pingora::BError| GatewayError::Internal(format!("response header: {e}"));
     let mut h = ResponseHeader::build(status, Some(10)).map_err(bad)?;
-    h.insert_header("x-request-id", ctx.request_id.as_str()).map_err(bad)?;
+    h.insert_header("x-request-id", ctx.request_id.as_str())
+        .map_err(bad)?;
     if ctx.metered {
         h.insert_header("x-gateway-cache", ctx.cache).map_err(bad)?;
     }
     if let Some(s) = &ctx.scenario {
-        h.insert_header("x-gateway-scenario", s.as_str()).map_err(bad)?;
+        h.insert_header("x-gateway-scenario", s.as_str())
+            .map_err(bad)?;
     }
     if let Some(p) = &ctx.provider {
-        h.insert_header("x-gateway-provider", p.as_str()).map_err(bad)?;
+        h.insert_header("x-gateway-provider", p.as_str())
+            .map_err(bad)?;
     }
     if ctx.attempts > 0 {
-        h.insert_header("x-gateway-attempts", ctx.attempts.to_string()).map_err(bad)?;
+        h.insert_header("x-gateway-attempts", ctx.attempts.to_string())
+            .map_err(bad)?;
     }
     if let Some(s) = &ctx.session {
-        h.insert_header("x-gateway-session", s.as_str()).map_err(bad)?;
+        h.insert_header("x-gateway-session", s.as_str())
+            .map_err(bad)?;
     }
     Ok(h)
 }
@@ -106,12 +111,21 @@ pub async fn write_full(
     session.write_response_body(Some(body), true).await
 }
 
-pub async fn write_json(session: &mut Session, ctx: &mut RequestCtx, status: u16, body: Bytes) -> pingora::Result<()> {
+pub async fn write_json(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    status: u16,
+    body: Bytes,
+) -> pingora::Result<()> {
     write_full(session, ctx, status, "application/json", body, &[]).await
 }
 
 /// Writes `err` in the OpenAI error shape with its status and retry hints.
-pub async fn write_error(session: &mut Session, ctx: &mut RequestCtx, err: &GatewayError) -> pingora::Result<()> {
+pub async fn write_error(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    err: &GatewayError,
+) -> pingora::Result<()> {
     let mut extra = Vec::new();
     if let Some(secs) = err.retry_after() {
         extra.push(("retry-after", secs.to_string()));
@@ -119,16 +133,26 @@ pub async fn write_error(session: &mut Session, ctx: &mut RequestCtx, err: &Gate
     if let Some(retry) = err.should_retry() {
         extra.push(("x-should-retry", retry.to_string()));
     }
-    write_full(session, ctx, err.status(), "application/json", err.body(), &extra).await
+    write_full(
+        session,
+        ctx,
+        err.status(),
+        "application/json",
+        err.body(),
+        &extra,
+    )
+    .await
 }
 
 /// Headers for an SSE response; chunked so pingora flushes every event as it is written.
 pub fn sse_header(ctx: &RequestCtx) -> Result<ResponseHeader, GatewayError> {
     let bad = |e: pingora::BError| GatewayError::Internal(format!("response header: {e}"));
     let mut h = response_header(200, ctx)?;
-    h.insert_header("content-type", "text/event-stream; charset=utf-8").map_err(bad)?;
+    h.insert_header("content-type", "text/event-stream; charset=utf-8")
+        .map_err(bad)?;
     h.insert_header("cache-control", "no-cache").map_err(bad)?;
-    h.insert_header("transfer-encoding", "chunked").map_err(bad)?;
+    h.insert_header("transfer-encoding", "chunked")
+        .map_err(bad)?;
     Ok(h)
 }
 

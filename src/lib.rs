@@ -53,13 +53,19 @@ pub fn build_server(config: Config) -> Result<(Server, Arc<Shared>), StartError>
     server.bootstrap();
     let mut api = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway { role: Role::Api, shared: shared.clone() },
+        Gateway {
+            role: Role::Api,
+            shared: shared.clone(),
+        },
         "ai-gateway api",
     );
     api.add_tcp(&listen);
     let mut admin = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway { role: Role::Admin, shared: shared.clone() },
+        Gateway {
+            role: Role::Admin,
+            shared: shared.clone(),
+        },
         "ai-gateway admin",
     );
     admin.add_tcp(&admin_listen);

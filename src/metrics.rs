@@ -2,7 +2,7 @@
 //! the process-global one, so several gateways in one process (tests) never collide.
 
 use prometheus::{
-    Encoder, CounterVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
@@ -48,11 +48,12 @@ fn hist(name: &str, help: &str, buckets: &[f64]) -> HistogramOpts {
 impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
-            let c = IntCounterVec::new(opts(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(opts(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
         let requests_total = counter(
             "requests_total",
             "Requests answered, by scenario, provider, HTTP status and cache result.",
@@ -88,28 +89,42 @@ impl Metrics {
             "Configuration reloads by result.",
             &["result"],
         )?;
-        let histogram = |o: HistogramOpts, labels: &[&str]| -> Result<HistogramVec, prometheus::Error> {
-            let h = HistogramVec::new(o, labels)?;
-            registry.register(Box::new(h.clone()))?;
-            Ok(h)
-        };
+        let histogram =
+            |o: HistogramOpts, labels: &[&str]| -> Result<HistogramVec, prometheus::Error> {
+                let h = HistogramVec::new(o, labels)?;
+                registry.register(Box::new(h.clone()))?;
+                Ok(h)
+            };
         let request_duration_seconds = histogram(
-            hist("request_duration_seconds", "Time from request to the last response byte.", LATENCY_BUCKETS),
+            hist(
+                "request_duration_seconds",
+                "Time from request to the last response byte.",
+                LATENCY_BUCKETS,
+            ),
             &["scenario", "provider"],
         )?;
         let time_to_first_token_seconds = histogram(
-            hist("time_to_first_token_seconds", "Time from request to the first content byte.", LATENCY_BUCKETS),
+            hist(
+                "time_to_first_token_seconds",
+                "Time from request to the first content byte.",
+                LATENCY_BUCKETS,
+            ),
             &["scenario", "provider"],
         )?;
         let overhead_seconds = histogram(
-            hist("overhead_seconds", "Time spent in the gateway itself, upstream excluded.", OVERHEAD_BUCKETS),
+            hist(
+                "overhead_seconds",
+                "Time spent in the gateway itself, upstream excluded.",
+                OVERHEAD_BUCKETS,
+            ),
             &["scenario"],
         )?;
-        let gauge_vec = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
-            let g = IntGaugeVec::new(opts(name, help), labels)?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
+        let gauge_vec =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
+                let g = IntGaugeVec::new(opts(name, help), labels)?;
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
         let circuit_state = gauge_vec(
             "circuit_state",
             "Circuit breaker state per target: 0 closed, 1 half-open, 2 open.",
@@ -127,9 +142,15 @@ impl Metrics {
         };
         let cache_entries = gauge("cache_entries", "Entries in the response cache.")?;
         let cache_bytes = gauge("cache_bytes", "Bytes held by the response cache.")?;
-        let config_generation = gauge("config_generation", "Generation of the active configuration.")?;
+        let config_generation = gauge(
+            "config_generation",
+            "Generation of the active configuration.",
+        )?;
         let spend_usd_total = CounterVec::new(
-            opts("spend_usd_total", "Spend in USD computed from targets' cost."),
+            opts(
+                "spend_usd_total",
+                "Spend in USD computed from targets' cost.",
+            ),
             &["client", "scenario", "provider"],
         )?;
         registry.register(Box::new(spend_usd_total.clone()))?;

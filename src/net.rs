@@ -17,9 +17,12 @@ const DNS_TTL: Duration = Duration::from_secs(30);
 /// the gateway, not the peer, closes it.
 pub const POOL_IDLE: Duration = Duration::from_secs(50);
 
+/// Addresses of one `(host, port)` and when they were looked up.
+type Resolved = (Vec<SocketAddr>, Instant);
+
 #[derive(Default)]
 pub struct Resolver {
-    cache: Mutex<HashMap<(String, u16), (Vec<SocketAddr>, Instant)>>,
+    cache: Mutex<HashMap<(String, u16), Resolved>>,
 }
 
 impl Resolver {
@@ -40,7 +43,8 @@ impl Resolver {
             .map_err(|e| format!("cannot resolve {host}: {e}"))?
             .collect();
         // Prefer IPv4: many sidecar environments have no IPv6 route even when AAAA exists.
-        let mut ordered: Vec<SocketAddr> = found.iter().copied().filter(SocketAddr::is_ipv4).collect();
+        let mut ordered: Vec<SocketAddr> =
+            found.iter().copied().filter(SocketAddr::is_ipv4).collect();
         ordered.extend(found.iter().copied().filter(SocketAddr::is_ipv6));
         let first = *ordered
             .first()
@@ -66,7 +70,10 @@ mod tests {
     #[tokio::test]
     async fn resolves_ip_literals_and_localhost() {
         let r = Resolver::default();
-        assert_eq!(r.resolve("127.0.0.1", 80).await.unwrap(), "127.0.0.1:80".parse().unwrap());
+        assert_eq!(
+            r.resolve("127.0.0.1", 80).await.unwrap(),
+            "127.0.0.1:80".parse().unwrap()
+        );
         assert_eq!(r.resolve("localhost", 81).await.unwrap().port(), 81);
         assert!(r.resolve("no-such-host.invalid", 80).await.is_err());
     }

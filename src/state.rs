@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::net::Resolver;
 use arc_swap::ArcSwap;
-use pingora::connectors::http::Connector;
+use pingora::connectors::TransportConnector;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -32,7 +32,8 @@ impl RuntimeState {
 pub struct Shared {
     state: ArcSwap<RuntimeState>,
     pub metrics: Metrics,
-    pub connector: Connector,
+    /// Pooled TCP/TLS connections to upstreams (the HTTP/1.1 exchange is `forward`'s).
+    pub transport: TransportConnector,
     pub resolver: Resolver,
 }
 
@@ -43,7 +44,7 @@ impl Shared {
         Ok(Shared {
             state: ArcSwap::from_pointee(RuntimeState::new(config, 1)),
             metrics,
-            connector: Connector::new(None),
+            transport: TransportConnector::new(None),
             resolver: Resolver::default(),
         })
     }

@@ -45,7 +45,10 @@ limits:
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
 }
 
 async fn post(gw: &TestGateway, key: &str, body: Value) -> reqwest::Response {
@@ -78,27 +81,52 @@ async fn non_stream_answer_and_what_the_upstream_received() {
     assert_eq!(h["x-gateway-cache"], "off");
     assert_eq!(h["x-gateway-session"], "s-1");
     assert!(h.get("x-request-id").is_some());
-    assert!(h.get("openai-organization").is_none(), "upstream account headers are not relayed");
+    assert!(
+        h.get("openai-organization").is_none(),
+        "upstream account headers are not relayed"
+    );
     let answer: Value = resp.json().await.unwrap();
-    assert_eq!(answer["choices"][0]["message"]["content"], "Hello from the mock upstream, one two three.");
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "Hello from the mock upstream, one two three."
+    );
     assert_eq!(answer["model"], "mock-model");
 
     let seen = mock.last();
     assert_eq!(seen.path, "/v1/chat/completions");
-    assert_eq!(seen.header("authorization").as_deref(), Some("Bearer sk-provider-secret-0001"));
+    assert_eq!(
+        seen.header("authorization").as_deref(),
+        Some("Bearer sk-provider-secret-0001")
+    );
     assert!(!String::from_utf8_lossy(&seen.body).contains("client-key-1"));
     for (name, value) in seen.headers.iter() {
-        assert!(!value.as_bytes().windows(12).any(|w| w == b"client-key-1"), "client key leaked in {name}");
+        assert!(
+            !value.as_bytes().windows(12).any(|w| w == b"client-key-1"),
+            "client key leaked in {name}"
+        );
     }
     let up = seen.json();
     assert_eq!(up["model"], "mock-model");
     assert_eq!(up["messages"][0]["role"], "system");
-    assert_eq!(up["messages"][0]["content"], "You help a client with oily skin in chat.");
-    assert_eq!(up["messages"][1], json!({"role": "user", "content": "你好"}));
-    assert_eq!(up["temperature"], 0.9, "the client's value wins over params");
+    assert_eq!(
+        up["messages"][0]["content"],
+        "You help a client with oily skin in chat."
+    );
+    assert_eq!(
+        up["messages"][1],
+        json!({"role": "user", "content": "你好"})
+    );
+    assert_eq!(
+        up["temperature"], 0.9,
+        "the client's value wins over params"
+    );
     assert_eq!(up["max_tokens"], 64, "params fill what the client left out");
     assert_eq!(up["user"], "end-user-7");
-    assert_eq!(up["metadata"], json!({"trace": "keep"}), "gateway extensions are stripped");
+    assert_eq!(
+        up["metadata"],
+        json!({"trace": "keep"}),
+        "gateway extensions are stripped"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -113,7 +141,10 @@ async fn stream_is_relayed_chunk_by_chunk_and_ends_with_done() {
                       "messages": [{"role": "user", "content": "hi"}]});
     let mut resp = post(&gw, "client-key-1", body.clone()).await;
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
     // Chunks must arrive spread out as the upstream sends them, not in one piece at the end.
     let start = Instant::now();
     let mut arrivals = Vec::new();
@@ -122,15 +153,25 @@ async fn stream_is_relayed_chunk_by_chunk_and_ends_with_done() {
         arrivals.push(start.elapsed());
         text.push_str(std::str::from_utf8(&chunk).unwrap());
     }
-    assert!(arrivals.len() >= 4, "stream arrived in {} pieces", arrivals.len());
+    assert!(
+        arrivals.len() >= 4,
+        "stream arrived in {} pieces",
+        arrivals.len()
+    );
     assert!(
         arrivals.last().unwrap().saturating_sub(arrivals[0]) >= Duration::from_millis(400),
         "pieces arrived at {arrivals:?}"
     );
     let data = sse_data(&text);
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
-    let content: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
     assert_eq!(content, "Hello from the mock upstream, one two three.");
     assert_eq!(chunks.last().unwrap()["usage"]["prompt_tokens"], 11);
 
@@ -163,7 +204,9 @@ async fn one_mebibyte_body_reaches_the_upstream_byte_for_byte() {
         {"role": "assistant", "content": "ok"},
         {"role": "user", "content": [{"type": "text", "text": "again"}]}
     ]);
-    let messages_text = serde_json::to_string(&messages).unwrap().replace("é", "\\u00e9");
+    let messages_text = serde_json::to_string(&messages)
+        .unwrap()
+        .replace("é", "\\u00e9");
     let raw_body = format!(r#"{{"model":"plain","messages":{messages_text},"stream":false}}"#);
     assert!(raw_body.len() > 1 << 20);
     let resp = client()
@@ -182,7 +225,11 @@ async fn one_mebibyte_body_reaches_the_upstream_byte_for_byte() {
         messages: &'a serde_json::value::RawValue,
     }
     let raw: Raw = serde_json::from_str(&seen).unwrap();
-    assert_eq!(raw.messages.get(), messages_text, "messages differ from what the client sent");
+    assert_eq!(
+        raw.messages.get(),
+        messages_text,
+        "messages differ from what the client sent"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -192,21 +239,59 @@ async fn client_errors_have_openai_shape_and_never_reach_the_upstream() {
     let send = |body: String, key: &'static str| {
         let url = format!("{}/v1/chat/completions", gw.api);
         async move {
-            let r = client().post(url).bearer_auth(key).header("content-type", "application/json").body(body).send().await.unwrap();
+            let r = client()
+                .post(url)
+                .bearer_auth(key)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
             let status = r.status().as_u16();
             let v: Value = r.json().await.unwrap();
-            (status, v["error"]["code"].as_str().unwrap_or_default().to_owned(), v)
+            (
+                status,
+                v["error"]["code"].as_str().unwrap_or_default().to_owned(),
+                v,
+            )
         }
     };
     let ok_msg = r#""messages":[{"role":"user","content":"x"}]"#;
     let cases = [
-        (send("{not json".into(), "client-key-1").await, 400, "invalid_json"),
-        (send(format!(r#"{{"model":"plain"}}"#), "client-key-1").await, 400, "invalid_request"),
-        (send(format!(r#"{{"model":"nope",{ok_msg}}}"#), "client-key-1").await, 404, "model_not_found"),
-        (send(format!(r#"{{"model":"plain",{ok_msg}}}"#), "wrong-key").await, 401, "invalid_api_key"),
-        (send(format!(r#"{{"model":"chat",{ok_msg}}}"#), "client-key-2").await, 403, "scenario_forbidden"),
         (
-            send(format!(r#"{{"model":"plain","messages":[{{"role":"user","content":"{}"}}]}}"#, "x".repeat(3 << 20)), "client-key-1").await,
+            send("{not json".into(), "client-key-1").await,
+            400,
+            "invalid_json",
+        ),
+        (
+            send(r#"{"model":"plain"}"#.to_string(), "client-key-1").await,
+            400,
+            "invalid_request",
+        ),
+        (
+            send(format!(r#"{{"model":"nope",{ok_msg}}}"#), "client-key-1").await,
+            404,
+            "model_not_found",
+        ),
+        (
+            send(format!(r#"{{"model":"plain",{ok_msg}}}"#), "wrong-key").await,
+            401,
+            "invalid_api_key",
+        ),
+        (
+            send(format!(r#"{{"model":"chat",{ok_msg}}}"#), "client-key-2").await,
+            403,
+            "scenario_forbidden",
+        ),
+        (
+            send(
+                format!(
+                    r#"{{"model":"plain","messages":[{{"role":"user","content":"{}"}}]}}"#,
+                    "x".repeat(3 << 20)
+                ),
+                "client-key-1",
+            )
+            .await,
             413,
             "request_too_large",
         ),
@@ -214,18 +299,40 @@ async fn client_errors_have_openai_shape_and_never_reach_the_upstream() {
     for ((status, code, body), want_status, want_code) in cases {
         assert_eq!((status, code.as_str()), (want_status, want_code), "{body}");
         for field in ["message", "type", "param", "code"] {
-            assert!(body["error"].get(field).is_some(), "missing error.{field}: {body}");
+            assert!(
+                body["error"].get(field).is_some(),
+                "missing error.{field}: {body}"
+            );
         }
     }
     assert_eq!(mock.count(), 0, "no upstream contact for rejected requests");
 
-    let r = client().get(format!("{}/v1/nothing", gw.api)).send().await.unwrap();
+    let r = client()
+        .get(format!("{}/v1/nothing", gw.api))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "not_found");
-    let r = client().get(format!("{}/v1/chat/completions", gw.api)).send().await.unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "not_found"
+    );
+    let r = client()
+        .get(format!("{}/v1/chat/completions", gw.api))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 405);
-    let r = client().get(format!("{}/v1/models", gw.api)).send().await.unwrap();
-    assert_eq!(r.status(), 401, "models need a client key when clients are configured");
+    let r = client()
+        .get(format!("{}/v1/models", gw.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        401,
+        "models need a client key when clients are configured"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -247,7 +354,8 @@ async fn upstream_statuses_map_to_gateway_errors() {
 
     mock.set(|k| {
         k.status = 503;
-        k.error_body = r#"{"error":{"message":"overloaded, key sk-leakedkey1234567890abcdef"}}"#.into();
+        k.error_body =
+            r#"{"error":{"message":"overloaded, key sk-leakedkey1234567890abcdef"}}"#.into();
     });
     let r = post(&gw, "client-key-1", body.clone()).await;
     assert_eq!(r.status(), 502);
@@ -255,7 +363,10 @@ async fn upstream_statuses_map_to_gateway_errors() {
     assert_eq!(v["error"]["code"], "upstream_error");
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(msg.contains("503") && msg.contains("overloaded"), "{msg}");
-    assert!(!msg.contains("sk-leaked"), "upstream key echo must be redacted: {msg}");
+    assert!(
+        !msg.contains("sk-leaked"),
+        "upstream key echo must be redacted: {msg}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -300,27 +411,45 @@ scenarios:
             let r = client().post(url).json(&body).send().await.unwrap();
             let status = r.status().as_u16();
             let v: Value = r.json().await.unwrap();
-            (status, v["error"]["code"].as_str().unwrap_or_default().to_owned(), t.elapsed())
+            (
+                status,
+                v["error"]["code"].as_str().unwrap_or_default().to_owned(),
+                t.elapsed(),
+            )
         }
     };
     for stream in [false, true] {
         let (status, code, took) = ask("silent", stream).await;
         assert_eq!((status, code.as_str()), (504, "upstream_timeout"));
-        assert!(took >= Duration::from_millis(450) && took < Duration::from_secs(5), "took {took:?}");
+        assert!(
+            took >= Duration::from_millis(450) && took < Duration::from_secs(5),
+            "took {took:?}"
+        );
     }
     mock.set(|k| {
         k.never_answer = false;
         k.stall_after_headers = true;
     });
     let (status, code, _) = ask("stalls", true).await;
-    assert_eq!((status, code.as_str()), (504, "upstream_timeout"), "headers without a first event");
+    assert_eq!(
+        (status, code.as_str()),
+        (504, "upstream_timeout"),
+        "headers without a first event"
+    );
     let (status, code, took) = ask("dead", false).await;
     assert_eq!((status, code.as_str()), (502, "upstream_error"));
     assert!(took < Duration::from_secs(5));
 
     let metrics = gw.metrics();
-    assert!(metrics.contains(r#"ai_gateway_upstream_attempts_total{outcome="timeout",provider="silent"} 2"#), "{metrics}");
-    assert!(metrics.contains(r#"ai_gateway_upstream_attempts_total{outcome="connect_error",provider="dead"} 1"#));
+    assert!(
+        metrics.contains(
+            r#"ai_gateway_upstream_attempts_total{outcome="timeout",provider="silent"} 2"#
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains(
+        r#"ai_gateway_upstream_attempts_total{outcome="connect_error",provider="dead"} 1"#
+    ));
     assert!(metrics.contains(r#"ai_gateway_requests_total{cache="off",provider="silent",scenario="silent",status="504"} 2"#));
 }
 
@@ -332,14 +461,37 @@ async fn a_stream_cut_mid_way_ends_with_an_error_event_and_done() {
         k.chunk_interval = Duration::from_millis(20);
     });
     let gw = start_gateway(&config(&mock, ""));
-    let body = json!({"model": "plain", "stream": true, "messages": [{"role": "user", "content": "x"}]});
+    let body =
+        json!({"model": "plain", "stream": true, "messages": [{"role": "user", "content": "x"}]});
     let r = post(&gw, "client-key-1", body).await;
     assert_eq!(r.status(), 200);
     let data = sse_data(&r.text().await.unwrap());
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
     let err: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
     assert_eq!(err["error"]["code"], "stream_incomplete");
-    assert_eq!(data.len(), 1 + 2 + 2, "role chunk, two content chunks, error, [DONE]");
+    assert_eq!(
+        data.len(),
+        1 + 2 + 2,
+        "role chunk, two content chunks, error, [DONE]"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_connections_are_pooled_across_requests() {
+    let mock = MockOpenAi::start().await;
+    let gw = start_gateway(&config(&mock, ""));
+    for stream in [false, true, false, true, false] {
+        let body = json!({"model": "plain", "stream": stream, "messages": [{"role": "user", "content": "x"}]});
+        let r = post(&gw, "client-key-1", body).await;
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    let peers: std::collections::HashSet<_> = mock.received().iter().map(|r| r.peer).collect();
+    assert_eq!(
+        peers.len(),
+        1,
+        "five sequential requests should share one keep-alive connection: {peers:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -347,7 +499,12 @@ async fn metrics_count_requests_attempts_and_inflight() {
     let mock = MockOpenAi::start().await;
     let gw = start_gateway(&config(&mock, ""));
     for _ in 0..3 {
-        let r = post(&gw, "client-key-1", json!({"model": "plain", "messages": [{"role": "user", "content": "x"}]})).await;
+        let r = post(
+            &gw,
+            "client-key-1",
+            json!({"model": "plain", "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .await;
         assert_eq!(r.status(), 200);
         r.bytes().await.unwrap();
     }
@@ -355,8 +512,12 @@ async fn metrics_count_requests_attempts_and_inflight() {
     assert!(m.contains(r#"ai_gateway_requests_total{cache="off",provider="up",scenario="plain",status="200"} 3"#), "{m}");
     assert!(m.contains(r#"ai_gateway_upstream_attempts_total{outcome="ok",provider="up"} 3"#));
     assert!(m.contains(r#"ai_gateway_inflight_requests{provider="up"} 0"#));
-    assert!(m.contains(r#"ai_gateway_request_duration_seconds_count{provider="up",scenario="plain"} 3"#));
-    assert!(m.contains(r#"ai_gateway_tokens_total{kind="prompt",provider="up",scenario="plain"} 33"#));
+    assert!(m.contains(
+        r#"ai_gateway_request_duration_seconds_count{provider="up",scenario="plain"} 3"#
+    ));
+    assert!(
+        m.contains(r#"ai_gateway_tokens_total{kind="prompt",provider="up",scenario="plain"} 33"#)
+    );
     assert!(m.contains("# TYPE ai_gateway_overhead_seconds histogram"));
 }
 
@@ -374,14 +535,34 @@ async fn models_health_ready_and_admin_gate() {
         .await
         .unwrap();
     assert_eq!(v["object"], "list");
-    let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["chat", "gpt-3.5-turbo", "plain"]);
-    for url in [format!("{}/health", gw.api), format!("{}/health", gw.admin), format!("{}/ready", gw.admin)] {
-        assert_eq!(client().get(&url).send().await.unwrap().status(), 200, "{url}");
+    for url in [
+        format!("{}/health", gw.api),
+        format!("{}/health", gw.admin),
+        format!("{}/ready", gw.admin),
+    ] {
+        assert_eq!(
+            client().get(&url).send().await.unwrap().status(),
+            200,
+            "{url}"
+        );
     }
-    let r = client().get(format!("{}/admin/providers", gw.admin)).send().await.unwrap();
+    let r = client()
+        .get(format!("{}/admin/providers", gw.admin))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "admin_disabled");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "admin_disabled"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -403,7 +584,10 @@ scenarios:
 "#,
         url = mock.url()
     );
-    let gw = start_gateway_with_files(&yaml, &[("plan.md", "方案 for {{ user_profile.name }} ({{ user }})")]);
+    let gw = start_gateway_with_files(
+        &yaml,
+        &[("plan.md", "方案 for {{ user_profile.name }} ({{ user }})")],
+    );
     let r = client()
         .post(format!("{}/v1/chat/completions", gw.api))
         .header("x-app", "crm")
@@ -414,9 +598,17 @@ scenarios:
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-gateway-scenario"], "plan");
-    assert_eq!(mock.last().json()["messages"][0]["content"], "方案 for 李女士 (gateway)");
+    assert_eq!(
+        mock.last().json()["messages"][0]["content"],
+        "方案 for 李女士 (gateway)"
+    );
     assert_eq!(mock.last().json()["model"], "m");
 
-    let r = client().get(format!("{}/admin/x", gw.admin)).bearer_auth("wrong").send().await.unwrap();
+    let r = client()
+        .get(format!("{}/admin/x", gw.admin))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
 }

@@ -37,12 +37,19 @@ fn gateway_cmd() -> Command {
 
 #[test]
 fn check_accepts_the_shipped_file() {
-    let out = gateway_cmd().args(["--check", "-c"]).arg(shipped()).output().unwrap();
+    let out = gateway_cmd()
+        .args(["--check", "-c"])
+        .arg(shipped())
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (4 scenarios"));
     // With no keys set, every provider is reported as skipped, as a warning.
-    assert!(stderr.contains("providers.openai.api_key: warning"), "{stderr}");
+    assert!(
+        stderr.contains("providers.openai.api_key: warning"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -54,10 +61,20 @@ fn check_reports_unknown_keys_with_position_and_every_semantic_error() {
         "providers:\n  p:\n    type: openai\n    base_url: http://127.0.0.1:1/v1\n    api_key: k\n    timout: 3s\nscenarios:\n  s: { targets: [{ provider: p }] }\n",
     )
     .unwrap();
-    let out = gateway_cmd().args(["--check", "-c"]).arg(&bad).output().unwrap();
+    let out = gateway_cmd()
+        .args(["--check", "-c"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("{}:6:5: error: providers.p.timout: unknown field `timout`", bad.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:6:5: error: providers.p.timout: unknown field `timout`",
+            bad.display()
+        )),
+        "{stderr}"
+    );
 
     let semantic = dir.path().join("semantic.yaml");
     std::fs::write(
@@ -72,7 +89,11 @@ default_scenario: c
 "#,
     )
     .unwrap();
-    let out = gateway_cmd().args(["--check", "-c"]).arg(&semantic).output().unwrap();
+    let out = gateway_cmd()
+        .args(["--check", "-c"])
+        .arg(&semantic)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     for want in [
@@ -85,13 +106,19 @@ default_scenario: c
     ] {
         assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");
     }
-    let out = gateway_cmd().args(["--check", "-c", "/nonexistent/gateway.yaml"]).output().unwrap();
+    let out = gateway_cmd()
+        .args(["--check", "-c", "/nonexistent/gateway.yaml"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
 }
 
 fn get(url: &str) -> (u16, String) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         match reqwest::get(url).await {
             Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
@@ -120,8 +147,18 @@ fn the_binary_runs_the_shipped_config_with_no_variables_set() {
     let (status, models) = get(&format!("http://127.0.0.1:{api}/v1/models"));
     assert_eq!(status, 200);
     let models: Value = serde_json::from_str(&models).unwrap();
-    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
-    for s in ["general_chat", "beauty_plan", "sentiment", "consultation_summary"] {
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    for s in [
+        "general_chat",
+        "beauty_plan",
+        "sentiment",
+        "consultation_summary",
+    ] {
         assert!(ids.contains(&s), "{s} missing from {ids:?}");
     }
     let (status, ready) = get(&format!("http://127.0.0.1:{admin}/ready"));
@@ -131,7 +168,10 @@ fn the_binary_runs_the_shipped_config_with_no_variables_set() {
     assert!(metrics.contains("ai_gateway_config_generation 1"));
 
     // A chat request with no key anywhere is a clear 502, not a hang.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let v: Value = rt.block_on(async {
         reqwest::Client::new()
             .post(format!("http://127.0.0.1:{api}/v1/chat/completions"))
@@ -144,10 +184,19 @@ fn the_binary_runs_the_shipped_config_with_no_variables_set() {
             .unwrap()
     });
     assert_eq!(v["error"]["code"], "upstream_error");
-    assert!(v["error"]["message"].as_str().unwrap().contains("has no api_key"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("has no api_key"),
+        "{v}"
+    );
 
     // SIGINT: fast shutdown, exit 0.
-    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     let until = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(status) = child.try_wait().unwrap() {

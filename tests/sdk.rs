@@ -53,7 +53,14 @@ scenarios:
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python)
             .arg(script)
-            .args(["--gateway", &gateway, "--direct", &direct, "--key", "sdk-client-key"])
+            .args([
+                "--gateway",
+                &gateway,
+                "--direct",
+                &direct,
+                "--key",
+                "sdk-client-key",
+            ])
             .args(["--model", "gpt-3.5-turbo", "--upstream-model", "mock-model"])
             .args(["--max-body", &max_body.to_string()])
             .output()
@@ -63,7 +70,10 @@ scenarios:
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "SDK checks failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "SDK checks failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("sdk checks passed"));
     print!("{stdout}");
 
@@ -73,8 +83,15 @@ scenarios:
         .into_iter()
         .filter(|r| r.header("authorization").as_deref() == Some("Bearer sk-upstream-key"))
         .collect();
-    assert_eq!(via_gateway.len(), 3, "non-stream, SDK stream, raw stream; rejected requests never arrive");
+    assert_eq!(
+        via_gateway.len(),
+        3,
+        "non-stream, SDK stream, raw stream; rejected requests never arrive"
+    );
     for r in mock.received() {
-        assert_ne!(r.header("authorization").as_deref(), Some("Bearer sdk-client-key"));
+        assert_ne!(
+            r.header("authorization").as_deref(),
+            Some("Bearer sdk-client-key")
+        );
     }
 }

@@ -84,7 +84,10 @@ fn socket_addr(cx: &mut Ctx, key: &str, value: Option<&EnvString>, default: &str
     match text.parse::<SocketAddr>() {
         Ok(a) => a,
         Err(_) => {
-            cx.error(key, format!("{text:?} is not an ip:port address (e.g. 127.0.0.1:8080)"));
+            cx.error(
+                key,
+                format!("{text:?} is not an ip:port address (e.g. 127.0.0.1:8080)"),
+            );
             // A placeholder keeps validation going; the load fails anyway.
             SocketAddr::from(([127, 0, 0, 1], 0))
         }
@@ -122,7 +125,10 @@ fn parse_url(cx: &mut Ctx, key: &str, text: &str) -> Option<UpstreamUrl> {
         cx.error(key, format!("{text:?} must not have a query string"));
         return None;
     }
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     Some(UpstreamUrl {
         tls,
         port: uri.port_u16().unwrap_or(if tls { 443 } else { 80 }),
@@ -168,7 +174,10 @@ fn check_policies(cx: &mut Ctx, key: &str, t: &Timeouts, r: &Retry, b: &Breaker,
         ("total", t.total),
     ] {
         if d.is_zero() {
-            cx.error(format!("{key}.timeouts.{name}"), "must be greater than zero");
+            cx.error(
+                format!("{key}.timeouts.{name}"),
+                "must be greater than zero",
+            );
         }
     }
     if t.first_token > t.total {
@@ -194,7 +203,12 @@ fn check_policies(cx: &mut Ctx, key: &str, t: &Timeouts, r: &Retry, b: &Breaker,
     }
 }
 
-fn add_template(cx: &mut Ctx, env: &mut minijinja::Environment<'static>, key: &str, source: String) -> String {
+fn add_template(
+    cx: &mut Ctx,
+    env: &mut minijinja::Environment<'static>,
+    key: &str,
+    source: String,
+) -> String {
     let name = key.to_owned();
     if let Err(e) = env.add_template_owned(name.clone(), source) {
         cx.error(key, format!("template does not compile: {e}"));
@@ -204,7 +218,12 @@ fn add_template(cx: &mut Ctx, env: &mut minijinja::Environment<'static>, key: &s
 
 fn build(raw: RawConfig, path: &Path, base_dir: &Path, cx: &mut Ctx) -> Option<Config> {
     let listen = socket_addr(cx, "listen", raw.listen.as_ref(), DEFAULT_LISTEN);
-    let admin_listen = socket_addr(cx, "admin.listen", raw.admin.listen.as_ref(), DEFAULT_ADMIN_LISTEN);
+    let admin_listen = socket_addr(
+        cx,
+        "admin.listen",
+        raw.admin.listen.as_ref(),
+        DEFAULT_ADMIN_LISTEN,
+    );
     if listen == admin_listen {
         cx.error("admin.listen", "must differ from listen");
     }
@@ -246,7 +265,14 @@ fn build(raw: RawConfig, path: &Path, base_dir: &Path, cx: &mut Ctx) -> Option<C
         Some(&d.breaker),
     );
     let base_conc = d.max_concurrency.unwrap_or(256);
-    check_policies(cx, "defaults", &base_timeouts, &base_retry, &base_breaker, base_conc);
+    check_policies(
+        cx,
+        "defaults",
+        &base_timeouts,
+        &base_retry,
+        &base_breaker,
+        base_conc,
+    );
 
     // Providers.
     let mut providers: IndexMap<String, Arc<Provider>> = IndexMap::new();
@@ -259,6 +285,16 @@ fn build(raw: RawConfig, path: &Path, base_dir: &Path, cx: &mut Ctx) -> Option<C
         let conc = p.max_concurrency.unwrap_or(base_conc);
         check_policies(cx, &key, &t, &r, &b, conc);
         let api_key = secret(p.api_key.as_ref());
+        if api_key
+            .as_ref()
+            .is_some_and(|k| !k.expose().bytes().all(|b| b.is_ascii_graphic()))
+        {
+            // The key goes into an HTTP header verbatim; CR/LF or spaces would corrupt it.
+            cx.error(
+                format!("{key}.api_key"),
+                "must be printable ASCII without spaces",
+            );
+        }
         if api_key.is_none() {
             cx.warn(
                 format!("{key}.api_key"),
@@ -276,7 +312,10 @@ fn build(raw: RawConfig, path: &Path, base_dir: &Path, cx: &mut Ctx) -> Option<C
                     ("reasoning", p.reasoning.is_some()),
                 ] {
                     if set {
-                        cx.error(format!("{key}.{field}"), "applies to `type: dify` providers only");
+                        cx.error(
+                            format!("{key}.{field}"),
+                            "applies to `type: dify` providers only",
+                        );
                     }
                 }
                 ProviderKind::OpenAi
@@ -291,7 +330,10 @@ fn build(raw: RawConfig, path: &Path, base_dir: &Path, cx: &mut Ctx) -> Option<C
                 };
                 let text_modes = matches!(app, DifyApp::Workflow | DifyApp::Completion);
                 if p.query_input.is_some() && !text_modes {
-                    cx.error(format!("{key}.query_input"), "applies to workflow and completion apps only");
+                    cx.error(
+                        format!("{key}.query_input"),
+                        "applies to workflow and completion apps only",
+                    );
                 }
                 if p.output.is_some() && app != DifyApp::Workflow {
                     cx.error(format!("{key}.output"), "applies to workflow apps only");
@@ -358,7 +400,10 @@ fn build(raw: RawConfig, path: &Path, base_dir: &Path, cx: &mut Ctx) -> Option<C
                     format!("{key}.models"),
                     format!("alias {alias:?} is already used by scenario {owner:?}"),
                 ),
-                Some(_) => cx.error(format!("{key}.models"), format!("alias {alias:?} is listed twice")),
+                Some(_) => cx.error(
+                    format!("{key}.models"),
+                    format!("alias {alias:?} is listed twice"),
+                ),
                 None => {
                     model_owner.insert(alias.clone(), name.clone());
                     models.insert(alias.clone(), idx);
@@ -383,9 +428,16 @@ fn build(raw: RawConfig, path: &Path, base_dir: &Path, cx: &mut Ctx) -> Option<C
                 continue;
             };
             let is_dify = matches!(provider.kind, ProviderKind::Dify(_));
-            let model = t.model.as_ref().map(|m| m.0.trim().to_owned()).filter(|m| !m.is_empty());
+            let model = t
+                .model
+                .as_ref()
+                .map(|m| m.0.trim().to_owned())
+                .filter(|m| !m.is_empty());
             if is_dify && model.is_some() {
-                cx.error(format!("{tkey}.model"), "applies to openai providers only (a Dify app has its own model)");
+                cx.error(
+                    format!("{tkey}.model"),
+                    "applies to openai providers only (a Dify app has its own model)",
+                );
             }
             if !is_dify && t.inputs.is_some() {
                 cx.error(format!("{tkey}.inputs"), "applies to dify providers only");
@@ -394,8 +446,15 @@ fn build(raw: RawConfig, path: &Path, base_dir: &Path, cx: &mut Ctx) -> Option<C
                 cx.error(format!("{tkey}.weight"), "must be at least 1");
             }
             if let Some(c) = t.cost {
-                if !(c.input >= 0.0 && c.output >= 0.0 && c.input.is_finite() && c.output.is_finite()) {
-                    cx.error(format!("{tkey}.cost"), "input and output must be non-negative numbers");
+                if !(c.input >= 0.0
+                    && c.output >= 0.0
+                    && c.input.is_finite()
+                    && c.output.is_finite())
+                {
+                    cx.error(
+                        format!("{tkey}.cost"),
+                        "input and output must be non-negative numbers",
+                    );
                 }
             }
             let source = match (&t.system_prompt, &t.system_prompt_file) {
@@ -419,15 +478,24 @@ fn build(raw: RawConfig, path: &Path, base_dir: &Path, cx: &mut Ctx) -> Option<C
                 }
                 (None, None) => None,
             };
-            let system_prompt = source.map(|src| add_template(cx, &mut templates, &format!("{tkey}.system_prompt"), src));
+            let system_prompt = source
+                .map(|src| add_template(cx, &mut templates, &format!("{tkey}.system_prompt"), src));
             let mut inputs = IndexMap::new();
             for (var, src) in t.inputs.iter().flatten() {
-                let name = add_template(cx, &mut templates, &format!("{tkey}.inputs.{var}"), src.clone());
+                let name = add_template(
+                    cx,
+                    &mut templates,
+                    &format!("{tkey}.inputs.{var}"),
+                    src.clone(),
+                );
                 inputs.insert(var.clone(), name);
             }
             for reserved in ["messages", "stream", "metadata"] {
                 if t.params.as_ref().is_some_and(|p| p.contains_key(reserved)) {
-                    cx.error(format!("{tkey}.params.{reserved}"), "is set by the gateway and cannot be a param");
+                    cx.error(
+                        format!("{tkey}.params.{reserved}"),
+                        "is set by the gateway and cannot be a param",
+                    );
                 }
             }
             targets.push(Target {
@@ -436,7 +504,10 @@ fn build(raw: RawConfig, path: &Path, base_dir: &Path, cx: &mut Ctx) -> Option<C
                 provider,
                 model,
                 weight: t.weight,
-                cost: t.cost.map(|c| Cost { input: c.input, output: c.output }),
+                cost: t.cost.map(|c| Cost {
+                    input: c.input,
+                    output: c.output,
+                }),
                 system_prompt,
                 params: t.params.clone().unwrap_or_default(),
                 inputs,
@@ -463,17 +534,27 @@ fn build(raw: RawConfig, path: &Path, base_dir: &Path, cx: &mut Ctx) -> Option<C
                 .iter()
                 .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
                 .collect(),
-            metadata: m.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            metadata: m
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             clients: m.clients.clone(),
         });
         if let Some(m) = &matcher {
             if m.headers.is_empty() && m.metadata.is_empty() && m.clients.is_empty() {
-                cx.error(format!("{key}.match"), "needs at least one of headers, metadata, clients");
+                cx.error(
+                    format!("{key}.match"),
+                    "needs at least one of headers, metadata, clients",
+                );
             }
         }
         if let Some(c) = &s.cache {
             if c.ttl.0.is_zero() {
-                cx.error(format!("{key}.cache.ttl"), "must be greater than zero (remove `cache` to turn it off)");
+                cx.error(
+                    format!("{key}.cache.ttl"),
+                    "must be greater than zero (remove `cache` to turn it off)",
+                );
             }
         }
         scenarios.insert(
@@ -508,14 +589,23 @@ fn build(raw: RawConfig, path: &Path, base_dir: &Path, cx: &mut Ctx) -> Option<C
         for (i, c) in list.iter().enumerate() {
             let key = format!("clients[{i}]");
             if !names.insert(c.name.clone()) {
-                cx.error(format!("{key}.name"), format!("duplicate client name {:?}", c.name));
+                cx.error(
+                    format!("{key}.name"),
+                    format!("duplicate client name {:?}", c.name),
+                );
             }
             let api_key = secret(c.api_key.as_ref());
             match &api_key {
-                None => cx.warn(format!("{key}.api_key"), format!("client {:?} has no key and can never authenticate", c.name)),
+                None => cx.warn(
+                    format!("{key}.api_key"),
+                    format!("client {:?} has no key and can never authenticate", c.name),
+                ),
                 Some(k) => {
                     if !keys.insert(k.expose().to_owned()) {
-                        cx.error(format!("{key}.api_key"), "the same key is given to two clients");
+                        cx.error(
+                            format!("{key}.api_key"),
+                            "the same key is given to two clients",
+                        );
                     }
                 }
             }
@@ -525,23 +615,42 @@ fn build(raw: RawConfig, path: &Path, base_dir: &Path, cx: &mut Ctx) -> Option<C
                 Some(list) => {
                     for s in list {
                         if !raw.scenarios.contains_key(s) {
-                            cx.error(format!("{key}.scenarios"), format!("unknown scenario {s:?}"));
+                            cx.error(
+                                format!("{key}.scenarios"),
+                                format!("unknown scenario {s:?}"),
+                            );
                         }
                     }
                     Some(list.clone())
                 }
             };
             let budget = c.budget.as_ref().and_then(|b| match (b.usd, b.tokens) {
-                (Some(usd), None) if usd > 0.0 && usd.is_finite() => Some(Budget { limit: BudgetLimit::Usd(usd), per: b.per }),
-                (None, Some(tokens)) if tokens > 0 => Some(Budget { limit: BudgetLimit::Tokens(tokens), per: b.per }),
+                (Some(usd), None) if usd > 0.0 && usd.is_finite() => Some(Budget {
+                    limit: BudgetLimit::Usd(usd),
+                    per: b.per,
+                }),
+                (None, Some(tokens)) if tokens > 0 => Some(Budget {
+                    limit: BudgetLimit::Tokens(tokens),
+                    per: b.per,
+                }),
                 _ => {
-                    cx.error(format!("{key}.budget"), "set exactly one of `usd` or `tokens`, greater than zero");
+                    cx.error(
+                        format!("{key}.budget"),
+                        "set exactly one of `usd` or `tokens`, greater than zero",
+                    );
                     None
                 }
             });
-            for (field, v) in [("rpm", c.rpm), ("tpm", c.tpm), ("max_concurrency", c.max_concurrency.map(u64::from))] {
+            for (field, v) in [
+                ("rpm", c.rpm),
+                ("tpm", c.tpm),
+                ("max_concurrency", c.max_concurrency.map(u64::from)),
+            ] {
                 if v == Some(0) {
-                    cx.error(format!("{key}.{field}"), "must be at least 1 (remove it for no limit)");
+                    cx.error(
+                        format!("{key}.{field}"),
+                        "must be at least 1 (remove it for no limit)",
+                    );
                 }
             }
             out.push(Client {
@@ -560,7 +669,10 @@ fn build(raw: RawConfig, path: &Path, base_dir: &Path, cx: &mut Ctx) -> Option<C
         if let Some(m) = &s.matcher {
             for client in &m.clients {
                 if !raw.clients.iter().flatten().any(|c| &c.name == client) {
-                    cx.error(format!("scenarios.{name}.match.clients"), format!("unknown client {client:?}"));
+                    cx.error(
+                        format!("scenarios.{name}.match.clients"),
+                        format!("unknown client {client:?}"),
+                    );
                 }
             }
         }
@@ -571,7 +683,10 @@ fn build(raw: RawConfig, path: &Path, base_dir: &Path, cx: &mut Ctx) -> Option<C
     let log_level = raw.log.level.clone();
     if let Some(level) = &log_level {
         if !["error", "warn", "info", "debug", "trace", "off"].contains(&level.as_str()) {
-            cx.error("log.level", format!("{level:?} is not one of error, warn, info, debug, trace, off"));
+            cx.error(
+                "log.level",
+                format!("{level:?} is not one of error, warn, info, debug, trace, off"),
+            );
         }
     }
 
@@ -590,7 +705,10 @@ fn build(raw: RawConfig, path: &Path, base_dir: &Path, cx: &mut Ctx) -> Option<C
         cache_max_bytes,
         log_level,
         log_format: raw.log.format.unwrap_or_default(),
-        grace_period: raw.shutdown.grace_period.map_or(Duration::from_secs(30), |d| d.0),
+        grace_period: raw
+            .shutdown
+            .grace_period
+            .map_or(Duration::from_secs(30), |d| d.0),
         templates,
         warnings: Vec::new(),
     })

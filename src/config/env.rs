@@ -29,11 +29,7 @@ pub fn expand_with(input: &str, lookup: impl Fn(&str) -> Option<String>) -> Resu
                 Some((n, d)) => (n, Some(d)),
                 None => (expr, None),
             };
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(format!("invalid variable name {name:?} in `${{{expr}}}`"));
             }
             match (lookup(name).filter(|v| !v.is_empty()), default) {
@@ -75,7 +71,10 @@ mod tests {
         assert_eq!(expand_with("${UNSET:-x:y}", env).unwrap(), "x:y");
         assert_eq!(expand_with("${EMPTY:-d}", env).unwrap(), "d");
         assert_eq!(expand_with("${SET:-d}", env).unwrap(), "value");
-        assert_eq!(expand_with("cost $5 $${SET}", env).unwrap(), "cost $5 ${SET}");
+        assert_eq!(
+            expand_with("cost $5 $${SET}", env).unwrap(),
+            "cost $5 ${SET}"
+        );
     }
 
     #[test]

@@ -12,7 +12,9 @@ pub struct EnvString(pub String);
 impl<'de> Deserialize<'de> for EnvString {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(d)?;
-        super::env::expand(&raw).map(EnvString).map_err(de::Error::custom)
+        super::env::expand(&raw)
+            .map(EnvString)
+            .map_err(de::Error::custom)
     }
 }
 
@@ -39,9 +41,7 @@ pub struct Size(pub u64);
 
 pub fn parse_size(raw: &str) -> Result<u64, String> {
     let s = raw.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()

@@ -23,7 +23,10 @@ pub fn key_matches(expected: &Secret, presented: &[u8]) -> bool {
 
 /// `Ok(None)` when the config has no `clients` (no authentication); the matching client
 /// otherwise. Every configured key is compared, whatever matches first.
-pub fn authenticate<'c>(config: &'c Config, authorization: Option<&[u8]>) -> Result<Option<&'c Client>, GatewayError> {
+pub fn authenticate<'c>(
+    config: &'c Config,
+    authorization: Option<&[u8]>,
+) -> Result<Option<&'c Client>, GatewayError> {
     let Some(clients) = &config.clients else {
         return Ok(None);
     };

@@ -23,13 +23,17 @@ fn matches(m: &Match, req: &ChatRequest, headers: &dyn Headers, client: Option<&
     m.headers
         .iter()
         .all(|(name, want)| headers.get(name) == Some(want.as_str()))
-        && m.metadata.iter().all(|(key, want)| match (req.metadata.get(key), want) {
-            (Some(got), want) if got == want => true,
-            // YAML `true`/`1` should match a client that sent the string form, and vice versa.
-            (Some(Value::String(got)), want) => want.as_str().map_or(want.to_string() == *got, |w| w == got),
-            _ => false,
-        })
-        && (m.clients.is_empty() || client.is_some_and(|c| m.clients.iter().any(|n| *n == c.name)))
+        && m.metadata
+            .iter()
+            .all(|(key, want)| match (req.metadata.get(key), want) {
+                (Some(got), want) if got == want => true,
+                // YAML `true`/`1` should match a client that sent the string form, and vice versa.
+                (Some(Value::String(got)), want) => want
+                    .as_str()
+                    .map_or_else(|| want.to_string().as_str() == got.as_str(), |w| w == got),
+                _ => false,
+            })
+        && (m.clients.is_empty() || client.is_some_and(|c| m.clients.contains(&c.name)))
 }
 
 /// The index of the scenario in `config.scenarios`, already checked against the client's
@@ -52,19 +56,24 @@ pub fn resolve(
         named(name, "metadata.scenario")?
     } else if let Some(i) = req.model.as_deref().and_then(|m| config.models.get(m)) {
         *i
-    } else if let Some(i) = config
-        .scenarios
-        .values()
-        .position(|s| s.matcher.as_ref().is_some_and(|m| matches(m, req, headers, client)))
-    {
+    } else if let Some(i) = config.scenarios.values().position(|s| {
+        s.matcher
+            .as_ref()
+            .is_some_and(|m| matches(m, req, headers, client))
+    }) {
         i
-    } else if let (Some(i), None) = (config.default_scenario, req.model.as_deref().filter(|m| !m.is_empty())) {
+    } else if let (Some(i), None) = (
+        config.default_scenario,
+        req.model.as_deref().filter(|m| !m.is_empty()),
+    ) {
         // An explicit model that names nothing is a client error, not a reason to fall back:
         // a typo must not silently reach the default scenario's upstream.
         i
     } else {
         return Err(GatewayError::ModelNotFound(match &req.model {
-            Some(m) => format!("the model {m:?} does not exist: no scenario or alias has that name"),
+            Some(m) => {
+                format!("the model {m:?} does not exist: no scenario or alias has that name")
+            }
             None => "no scenario applies to this request and no default_scenario is set".into(),
         }));
     };
@@ -124,7 +133,10 @@ default_scenario: two
 
         // 1. header wins over everything
         let r = req(&m(r#","model":"alias-one","metadata":{"scenario":"one"}"#));
-        assert_eq!(name(resolve(&cfg, &r, Some("two"), &none, a).unwrap()), "two");
+        assert_eq!(
+            name(resolve(&cfg, &r, Some("two"), &none, a).unwrap()),
+            "two"
+        );
         // 2. metadata.scenario
         assert_eq!(name(resolve(&cfg, &r, None, &none, a).unwrap()), "one");
         // 3. model alias
@@ -135,15 +147,31 @@ default_scenario: two
         assert_eq!(name(resolve(&cfg, &r, None, &crm, a).unwrap()), "matched");
         assert_eq!(name(resolve(&cfg, &r, None, &none, a).unwrap()), "two");
         let plain = req(&m(""));
-        assert_eq!(name(resolve(&cfg, &plain, None, &none, b).unwrap()), "for_b");
+        assert_eq!(
+            name(resolve(&cfg, &plain, None, &none, b).unwrap()),
+            "for_b"
+        );
         // 5. default
         assert_eq!(name(resolve(&cfg, &plain, None, &none, a).unwrap()), "two");
         // unknown names and forbidden scenarios
-        assert_eq!(resolve(&cfg, &plain, Some("zzz"), &none, a).unwrap_err().code(), "model_not_found");
+        assert_eq!(
+            resolve(&cfg, &plain, Some("zzz"), &none, a)
+                .unwrap_err()
+                .code(),
+            "model_not_found"
+        );
         let r = req(&m(r#","model":"gpt-unknown""#));
-        assert_eq!(resolve(&cfg, &r, None, &none, a).unwrap_err().code(), "model_not_found");
+        assert_eq!(
+            resolve(&cfg, &r, None, &none, a).unwrap_err().code(),
+            "model_not_found"
+        );
         let r = req(&m(r#","model":"gpt-unknown","metadata":{"tier":1}"#));
         assert_eq!(name(resolve(&cfg, &r, None, &crm, a).unwrap()), "matched");
-        assert_eq!(resolve(&cfg, &plain, Some("for_b"), &none, a).unwrap_err().code(), "scenario_forbidden");
+        assert_eq!(
+            resolve(&cfg, &plain, Some("for_b"), &none, a)
+                .unwrap_err()
+                .code(),
+            "scenario_forbidden"
+        );
     }
 }

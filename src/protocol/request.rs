@@ -144,7 +144,10 @@ impl ChatRequest {
         }
         for (i, m) in messages.iter().enumerate() {
             let view: MessageView = serde_json::from_str(m.get()).map_err(|_| {
-                invalid(format!("messages[{i}] must be an object"), &format!("messages[{i}]"))
+                invalid(
+                    format!("messages[{i}] must be an object"),
+                    &format!("messages[{i}]"),
+                )
             })?;
             if !matches!(view.role, Some(Value::String(_))) {
                 return Err(invalid(
@@ -157,13 +160,21 @@ impl ChatRequest {
         let scenario = match metadata.remove("scenario") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s),
-            Some(_) => return Err(invalid("`metadata.scenario` must be a string", "metadata.scenario")),
+            Some(_) => {
+                return Err(invalid(
+                    "`metadata.scenario` must be a string",
+                    "metadata.scenario",
+                ))
+            }
         };
         let session = match metadata.remove("session_id") {
             None | Some(Value::Null) => hints.session.clone(),
             Some(Value::String(s)) => Some(s),
             Some(_) => {
-                return Err(invalid("`metadata.session_id` must be a string", "metadata.session_id"))
+                return Err(invalid(
+                    "`metadata.session_id` must be a string",
+                    "metadata.session_id",
+                ))
             }
         };
         let user_profile = match metadata.remove("user_profile") {
@@ -187,7 +198,9 @@ impl ChatRequest {
                 ))
             }
         };
-        debug_assert!(GATEWAY_METADATA_KEYS.iter().all(|k| !metadata.contains_key(*k)));
+        debug_assert!(GATEWAY_METADATA_KEYS
+            .iter()
+            .all(|k| !metadata.contains_key(*k)));
 
         Ok(ChatRequest {
             model,
@@ -236,7 +249,10 @@ mod tests {
         assert_eq!(r.session.as_deref(), Some("x"));
         assert_eq!(r.user_profile["a"], 1);
         assert_eq!(r.metadata.len(), 1);
-        assert_eq!(r.messages[0].get(), r#"{"role":"user","content":"hi \u00e9"}"#);
+        assert_eq!(
+            r.messages[0].get(),
+            r#"{"role":"user","content":"hi \u00e9"}"#
+        );
         let temp = r.rest.iter().find(|(k, _)| k == "temperature").unwrap();
         assert_eq!(temp.1.get(), "0.50");
     }
@@ -245,10 +261,26 @@ mod tests {
     fn rejects_bad_shapes_with_codes() {
         assert_eq!(parse("{nope").unwrap_err().code(), "invalid_json");
         assert_eq!(parse("[1]").unwrap_err().code(), "invalid_request");
-        assert_eq!(parse(r#"{"model":"m"}"#).unwrap_err().code(), "invalid_request");
-        assert_eq!(parse(r#"{"messages":[]}"#).unwrap_err().code(), "invalid_request");
-        assert_eq!(parse(r#"{"messages":[{"content":"x"}]}"#).unwrap_err().code(), "invalid_request");
-        assert_eq!(parse(r#"{"messages":[{"role":"user"}],"model":3}"#).unwrap_err().code(), "invalid_request");
+        assert_eq!(
+            parse(r#"{"model":"m"}"#).unwrap_err().code(),
+            "invalid_request"
+        );
+        assert_eq!(
+            parse(r#"{"messages":[]}"#).unwrap_err().code(),
+            "invalid_request"
+        );
+        assert_eq!(
+            parse(r#"{"messages":[{"content":"x"}]}"#)
+                .unwrap_err()
+                .code(),
+            "invalid_request"
+        );
+        assert_eq!(
+            parse(r#"{"messages":[{"role":"user"}],"model":3}"#)
+                .unwrap_err()
+                .code(),
+            "invalid_request"
+        );
     }
 
     #[test]
@@ -257,12 +289,15 @@ mod tests {
             user_profile: Some(r#"{"skin_type":"dry"}"#.into()),
             ..Default::default()
         };
-        let r = ChatRequest::parse(br#"{"messages":[{"role":"user","content":"x"}]}"#, &hints).unwrap();
+        let r =
+            ChatRequest::parse(br#"{"messages":[{"role":"user","content":"x"}]}"#, &hints).unwrap();
         assert_eq!(r.user_profile["skin_type"], "dry");
         let bad = RequestHints {
             user_profile: Some("[1]".into()),
             ..Default::default()
         };
-        assert!(ChatRequest::parse(br#"{"messages":[{"role":"user","content":"x"}]}"#, &bad).is_err());
+        assert!(
+            ChatRequest::parse(br#"{"messages":[{"role":"user","content":"x"}]}"#, &bad).is_err()
+        );
     }
 }

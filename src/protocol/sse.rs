@@ -146,7 +146,11 @@ mod tests {
         assert!(whole[2].is_done());
         let bytes = text.as_bytes();
         for cut in 0..bytes.len() {
-            assert_eq!(parse_all(&[&bytes[..cut], &bytes[cut..]]), whole, "cut at {cut}");
+            assert_eq!(
+                parse_all(&[&bytes[..cut], &bytes[cut..]]),
+                whole,
+                "cut at {cut}"
+            );
         }
         let singles: Vec<&[u8]> = bytes.chunks(1).collect();
         assert_eq!(parse_all(&singles), whole);
@@ -155,7 +159,10 @@ mod tests {
     #[test]
     fn crlf_and_cr_line_ends() {
         let crlf = parse_all(&[b"data: a\r\n\r\ndata: b\r", b"\n\r\n"]);
-        assert_eq!(crlf.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            crlf.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
         let cr = parse_all(&[b"data: x\r\rdata: y\r\r"]);
         assert_eq!(cr.len(), 2);
     }
@@ -169,6 +176,9 @@ mod tests {
         assert_eq!(events[0].data.len(), big.len());
         let mut small = SseParser::new(1024);
         let mut out = Vec::new();
-        assert_eq!(small.push(&[b'x'; 2048], &mut out), Err(SseError::LineTooLong(1024)));
+        assert_eq!(
+            small.push(&[b'x'; 2048], &mut out),
+            Err(SseError::LineTooLong(1024))
+        );
     }
 }

@@ -18,15 +18,31 @@ fn push_key(out: &mut Vec<u8>, first: &mut bool, key: &str) {
     out.push(b':');
 }
 
-pub fn build_body(target: &Target, req: &ChatRequest, system: Option<&str>) -> Result<Vec<u8>, GatewayError> {
-    let model = target.model.as_deref().or(req.model.as_deref()).ok_or_else(|| {
-        GatewayError::invalid_request(
-            "`model` is required: this target has no upstream model configured",
-            Some("model"),
-        )
-    })?;
-    let size = req.messages.iter().map(|m| m.get().len() + 1).sum::<usize>()
-        + req.rest.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum::<usize>()
+pub fn build_body(
+    target: &Target,
+    req: &ChatRequest,
+    system: Option<&str>,
+) -> Result<Vec<u8>, GatewayError> {
+    let model = target
+        .model
+        .as_deref()
+        .or(req.model.as_deref())
+        .ok_or_else(|| {
+            GatewayError::invalid_request(
+                "`model` is required: this target has no upstream model configured",
+                Some("model"),
+            )
+        })?;
+    let size = req
+        .messages
+        .iter()
+        .map(|m| m.get().len() + 1)
+        .sum::<usize>()
+        + req
+            .rest
+            .iter()
+            .map(|(k, v)| k.len() + v.get().len() + 4)
+            .sum::<usize>()
         + system.map_or(0, |s| s.len() + 32)
         + 256;
     let mut out = Vec::with_capacity(size);
@@ -56,7 +72,11 @@ pub fn build_body(target: &Target, req: &ChatRequest, system: Option<&str>) -> R
     }
     if !req.metadata.is_empty() {
         push_key(&mut out, &mut first, "metadata");
-        out.extend_from_slice(serde_json::Value::Object(req.metadata.clone()).to_string().as_bytes());
+        out.extend_from_slice(
+            serde_json::Value::Object(req.metadata.clone())
+                .to_string()
+                .as_bytes(),
+        );
     }
     for (k, v) in &target.params {
         if k != "model" && !req.has_field(k) {
@@ -68,7 +88,11 @@ pub fn build_body(target: &Target, req: &ChatRequest, system: Option<&str>) -> R
     Ok(out)
 }
 
-pub fn build_call(target: &Target, req: &ChatRequest, system: Option<&str>) -> Result<UpstreamCall, GatewayError> {
+pub fn build_call(
+    target: &Target,
+    req: &ChatRequest,
+    system: Option<&str>,
+) -> Result<UpstreamCall, GatewayError> {
     let body = build_body(target, req, system)?;
     Ok(UpstreamCall {
         path: format!("{}/chat/completions", target.provider.url.base_path),
@@ -108,7 +132,10 @@ scenarios:
         .unwrap();
         let body = build_body(target, &req, Some("be kind")).unwrap();
         let text = String::from_utf8(body).unwrap();
-        assert!(text.contains(r#"{"role":"user","content":"a\u00e9"}"#), "{text}");
+        assert!(
+            text.contains(r#"{"role":"user","content":"a\u00e9"}"#),
+            "{text}"
+        );
         let v: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["model"], "up-model");
         assert_eq!(v["messages"][0]["role"], "system");

@@ -17,7 +17,10 @@ fn unusable(target: &Target) -> Option<String> {
         return Some(format!("provider {} has no api_key", p.name));
     }
     if matches!(p.kind, ProviderKind::Dify(_)) {
-        return Some(format!("provider {} (dify) is not served by this build yet", p.name));
+        return Some(format!(
+            "provider {} (dify) is not served by this build yet",
+            p.name
+        ));
     }
     None
 }

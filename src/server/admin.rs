@@ -9,18 +9,29 @@ use bytes::Bytes;
 use pingora::proxy::Session;
 use serde_json::json;
 
-pub async fn handle(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+pub async fn handle(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<(), GatewayError> {
     let method = session.req_header().method.as_str().to_owned();
     let path = session.req_header().uri.path().to_owned();
     let get = method == "GET" || method == "HEAD";
     match path.as_str() {
         "/metrics" if get => {
             let body = Bytes::from(shared.metrics.render());
-            let _ = exchange::write_full(session, ctx, 200, prometheus::TEXT_FORMAT, body, &[]).await;
+            let _ =
+                exchange::write_full(session, ctx, 200, prometheus::TEXT_FORMAT, body, &[]).await;
             Ok(())
         }
         "/health" if get => {
-            let _ = exchange::write_json(session, ctx, 200, Bytes::from_static(b"{\"status\":\"ok\"}")).await;
+            let _ = exchange::write_json(
+                session,
+                ctx,
+                200,
+                Bytes::from_static(b"{\"status\":\"ok\"}"),
+            )
+            .await;
             Ok(())
         }
         "/ready" if get => {
@@ -33,9 +44,15 @@ pub async fn handle(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx
                 .map(|s| s.name.as_str())
                 .collect();
             let (status, body) = if missing.is_empty() {
-                (200, json!({"status": "ready", "config_generation": state.generation}))
+                (
+                    200,
+                    json!({"status": "ready", "config_generation": state.generation}),
+                )
             } else {
-                (503, json!({"status": "not_ready", "scenarios_without_usable_target": missing}))
+                (
+                    503,
+                    json!({"status": "not_ready", "scenarios_without_usable_target": missing}),
+                )
             };
             let _ = exchange::write_json(session, ctx, status, Bytes::from(body.to_string())).await;
             Ok(())
@@ -46,7 +63,13 @@ pub async fn handle(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx
             let Some(key) = &state.config.admin_api_key else {
                 return Err(GatewayError::AdminDisabled);
             };
-            let presented = auth::bearer(session.req_header().headers.get("authorization").map(|v| v.as_bytes()));
+            let presented = auth::bearer(
+                session
+                    .req_header()
+                    .headers
+                    .get("authorization")
+                    .map(|v| v.as_bytes()),
+            );
             if !presented.is_some_and(|p| auth::key_matches(key, p)) {
                 return Err(GatewayError::InvalidApiKey);
             }

@@ -31,7 +31,11 @@ fn route_error(session: &Session, allowed: &str) -> GatewayError {
     }
 }
 
-pub async fn handle(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+pub async fn handle(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<(), GatewayError> {
     let method = session.req_header().method.clone();
     let path = session.req_header().uri.path().to_owned();
     match (path.as_str(), method.as_str()) {
@@ -41,7 +45,13 @@ pub async fn handle(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx
         }
         ("/v1/models" | "/models", "GET") => models(shared, session, ctx).await,
         ("/health", "GET" | "HEAD") => {
-            let _ = exchange::write_json(session, ctx, 200, Bytes::from_static(b"{\"status\":\"ok\"}")).await;
+            let _ = exchange::write_json(
+                session,
+                ctx,
+                200,
+                Bytes::from_static(b"{\"status\":\"ok\"}"),
+            )
+            .await;
             Ok(())
         }
         ("/v1/chat/completions" | "/chat/completions", _) => Err(route_error(session, "POST")),
@@ -53,10 +63,21 @@ pub async fn handle(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx
     }
 }
 
-async fn models(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+async fn models(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<(), GatewayError> {
     let state = shared.snapshot();
     let config = &state.config;
-    auth::authenticate(config, session.req_header().headers.get("authorization").map(|v| v.as_bytes()))?;
+    auth::authenticate(
+        config,
+        session
+            .req_header()
+            .headers
+            .get("authorization")
+            .map(|v| v.as_bytes()),
+    )?;
     let mut data = Vec::new();
     for s in config.scenarios.values() {
         for id in std::iter::once(&s.name).chain(s.models.iter()) {
@@ -74,11 +95,22 @@ async fn models(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx) ->
     Ok(())
 }
 
-async fn chat(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+async fn chat(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<(), GatewayError> {
     // One snapshot for the whole request: a reload mid-request never mixes two configs.
     let state = shared.snapshot();
     let config = &state.config;
-    let client = auth::authenticate(config, session.req_header().headers.get("authorization").map(|v| v.as_bytes()))?;
+    let client = auth::authenticate(
+        config,
+        session
+            .req_header()
+            .headers
+            .get("authorization")
+            .map(|v| v.as_bytes()),
+    )?;
     ctx.client = client.map(|c| c.name.clone());
 
     let hints = RequestHints {
@@ -104,7 +136,8 @@ async fn chat(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx) -> R
     let plan = routing::plan(scenario)?;
     // Strategies and fallback come with routing; the first usable target serves for now.
     let target = plan.targets[0];
-    let default_user = client.map_or_else(|| "gateway".to_owned(), |c| format!("gateway-{}", c.name));
+    let default_user =
+        client.map_or_else(|| "gateway".to_owned(), |c| format!("gateway-{}", c.name));
     let vars = TemplateVars {
         scenario: &scenario.name,
         user: req.user.as_deref().unwrap_or(&default_user),

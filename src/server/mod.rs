@@ -45,7 +45,12 @@ fn set_nodelay(session: &Session) {
 }
 
 fn request_id(session: &Session) -> String {
-    match session.req_header().headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+    match session
+        .req_header()
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+    {
         Some(id) if exchange::echoable(id) && id.len() <= 128 => id.to_owned(),
         _ => uuid::Uuid::new_v4().simple().to_string(),
     }
@@ -70,7 +75,11 @@ pub(crate) async fn read_body(session: &mut Session, limit: usize) -> Result<Byt
         session.set_keepalive(None);
         return Err(GatewayError::RequestTooLarge { limit });
     }
-    let capacity = if over { 0 } else { declared.map_or(16 * 1024, |n| n as usize) };
+    let capacity = if over {
+        0
+    } else {
+        declared.map_or(16 * 1024, |n| n as usize)
+    };
     let mut buf = BytesMut::with_capacity(capacity);
     let mut seen = 0usize;
     loop {
@@ -113,7 +122,11 @@ impl ProxyHttp for Gateway {
         RequestCtx::new()
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
         set_nodelay(session);
         ctx.request_id = request_id(session);
         let result = match self.role {
@@ -128,7 +141,11 @@ impl ProxyHttp for Gateway {
         Ok(true)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> pingora::Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
         // Unreachable: request_filter answers every request.
         Err(pingora::Error::explain(
             pingora::ErrorType::InternalError,
@@ -136,7 +153,12 @@ impl ProxyHttp for Gateway {
         ))
     }
 
-    async fn logging(&self, _session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut RequestCtx) {
+    async fn logging(
+        &self,
+        _session: &mut Session,
+        _e: Option<&pingora::Error>,
+        ctx: &mut RequestCtx,
+    ) {
         if !ctx.metered {
             return;
         }
@@ -160,10 +182,14 @@ impl ProxyHttp for Gateway {
                 .observe(ttft.as_secs_f64());
         }
         if let Some(n) = ctx.prompt_tokens {
-            m.tokens_total.with_label_values(&[scenario, provider, "prompt"]).inc_by(n);
+            m.tokens_total
+                .with_label_values(&[scenario, provider, "prompt"])
+                .inc_by(n);
         }
         if let Some(n) = ctx.completion_tokens {
-            m.tokens_total.with_label_values(&[scenario, provider, "completion"]).inc_by(n);
+            m.tokens_total
+                .with_label_values(&[scenario, provider, "completion"])
+                .inc_by(n);
         }
     }
 }

@@ -5,7 +5,7 @@
 use ai_gateway::config::Config;
 use ai_gateway::RunningGateway;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::post;
@@ -20,6 +20,8 @@ use std::time::Duration;
 /// What the mock received, exactly.
 #[derive(Clone, Debug)]
 pub struct Recorded {
+    /// The gateway's side of the connection: equal ports mean a reused connection.
+    pub peer: Option<SocketAddr>,
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -30,7 +32,10 @@ impl Recorded {
         serde_json::from_slice(&self.body).expect("upstream body is JSON")
     }
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
     }
 }
 
@@ -58,7 +63,8 @@ impl Default for Knobs {
     fn default() -> Self {
         Knobs {
             status: 200,
-            error_body: r#"{"error":{"message":"mock failure","type":"server_error","code":null}}"#.into(),
+            error_body: r#"{"error":{"message":"mock failure","type":"server_error","code":null}}"#
+                .into(),
             latency: Duration::ZERO,
             never_answer: false,
             stall_after_headers: false,
@@ -87,6 +93,35 @@ impl MockOpenAi {
     }
 
     pub async fn start_with(knobs: Knobs) -> MockOpenAi {
+        let (state, app) = Self::app(knobs);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await;
+        });
+        MockOpenAi { addr, state }
+    }
+
+    /// The same mock behind TLS with the given server certificate.
+    pub async fn start_tls(tls: Arc<rustls::ServerConfig>) -> MockOpenAi {
+        let (state, app) = Self::app(Knobs::default());
+        let inner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = inner.local_addr().unwrap();
+        let listener = TlsListener {
+            inner,
+            acceptor: tokio_rustls::TlsAcceptor::from(tls),
+        };
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        MockOpenAi { addr, state }
+    }
+
+    fn app(knobs: Knobs) -> (Arc<MockState>, Router) {
         let state = Arc::new(MockState {
             knobs: Mutex::new(knobs),
             received: Mutex::new(Vec::new()),
@@ -95,12 +130,7 @@ impl MockOpenAi {
             .route("/v1/chat/completions", post(chat))
             .route("/chat/completions", post(chat))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        MockOpenAi { addr, state }
+        (state, app)
     }
 
     pub fn url(&self) -> String {
@@ -116,7 +146,37 @@ impl MockOpenAi {
         self.state.received.lock().len()
     }
     pub fn last(&self) -> Recorded {
-        self.state.received.lock().last().cloned().expect("the mock received a request")
+        self.state
+            .received
+            .lock()
+            .last()
+            .cloned()
+            .expect("the mock received a request")
+    }
+}
+
+struct TlsListener {
+    inner: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.inner.accept().await else {
+                continue;
+            };
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
     }
 }
 
@@ -129,10 +189,19 @@ fn split_content(text: &str, n: usize) -> Vec<String> {
     chars.chunks(size).map(|c| c.iter().collect()).collect()
 }
 
-async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, uri: axum::http::Uri, body: Bytes) -> Response {
+async fn chat(State(state): State<Arc<MockState>>, req: axum::extract::Request) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
     state.received.lock().push(Recorded {
-        path: uri.path().to_owned(),
-        headers,
+        peer,
+        path: parts.uri.path().to_owned(),
+        headers: parts.headers,
         body: body.clone(),
     });
     let knobs = state.knobs.lock().clone();
@@ -151,7 +220,9 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, uri: axum
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let model = req["model"].as_str().unwrap_or("mock-model").to_owned();
     let stream = req["stream"].as_bool().unwrap_or(false);
-    let include_usage = req["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+    let include_usage = req["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
     let completion_tokens = knobs.content.split_whitespace().count() as u64;
     let usage = json!({"prompt_tokens": 11, "completion_tokens": completion_tokens, "total_tokens": 11 + completion_tokens});
     if !stream {
@@ -174,7 +245,8 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, uri: axum
         json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": MOCK_CREATED, "model": model,
                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}]})
     };
-    let mut events: Vec<String> = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null).to_string()];
+    let mut events: Vec<String> =
+        vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null).to_string()];
     let parts = split_content(&knobs.content, knobs.chunks);
     for (i, part) in parts.iter().enumerate() {
         if knobs.cut_after == Some(i) {
@@ -196,16 +268,22 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, uri: axum
     }
     let interval = knobs.chunk_interval;
     let stall = knobs.stall_after_headers;
-    let stream = futures::stream::unfold((events.into_iter(), stall, true), move |(mut it, stall, first)| async move {
-        if stall {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-        }
-        if !first {
-            tokio::time::sleep(interval).await;
-        }
-        let ev = it.next()?;
-        Some((Ok::<_, std::io::Error>(Bytes::from(format!("data: {ev}\n\n"))), (it, stall, false)))
-    });
+    let stream = futures::stream::unfold(
+        (events.into_iter(), stall, true),
+        move |(mut it, stall, first)| async move {
+            if stall {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            if !first {
+                tokio::time::sleep(interval).await;
+            }
+            let ev = it.next()?;
+            Some((
+                Ok::<_, std::io::Error>(Bytes::from(format!("data: {ev}\n\n"))),
+                (it, stall, false),
+            ))
+        },
+    );
     Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "text/event-stream")
@@ -225,7 +303,10 @@ impl TestGateway {
     pub fn metrics(&self) -> String {
         let url = format!("{}/metrics", self.admin);
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async { reqwest::get(url).await.unwrap().text().await.unwrap() })
         })
         .join()
@@ -238,7 +319,10 @@ impl TestGateway {
 pub fn free_ports() -> (u16, u16) {
     let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    (a.local_addr().unwrap().port(), b.local_addr().unwrap().port())
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
 }
 
 /// Starts the gateway with `yaml` (without `listen`/`admin.listen`, which are added). Extra
@@ -257,7 +341,8 @@ pub fn start_gateway_with_files(yaml: &str, files: &[(&str, &str)]) -> TestGatew
     };
     let path = dir.path().join("gateway.yaml");
     std::fs::write(&path, &full).unwrap();
-    let config = Config::load(&path).unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{full}"));
+    let config =
+        Config::load(&path).unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{full}"));
     let gw = RunningGateway::start(config).expect("gateway starts");
     TestGateway {
         api: format!("http://{}", gw.api_addr),
@@ -276,8 +361,14 @@ pub fn start_gateway_from_file(path: &Path) -> TestGateway {
     let (api, admin) = free_ports();
     let text = std::fs::read_to_string(path).unwrap();
     let text = text
-        .replace("${GATEWAY_LISTEN:-127.0.0.1:8080}", &format!("127.0.0.1:{api}"))
-        .replace("${GATEWAY_ADMIN_LISTEN:-127.0.0.1:9090}", &format!("127.0.0.1:{admin}"));
+        .replace(
+            "${GATEWAY_LISTEN:-127.0.0.1:8080}",
+            &format!("127.0.0.1:{api}"),
+        )
+        .replace(
+            "${GATEWAY_ADMIN_LISTEN:-127.0.0.1:9090}",
+            &format!("127.0.0.1:{admin}"),
+        );
     let config = Config::from_str_at(&text, path).unwrap_or_else(|e| panic!("{e}"));
     let gw = RunningGateway::start(config).expect("gateway starts");
     TestGateway {
@@ -291,6 +382,10 @@ pub fn start_gateway_from_file(path: &Path) -> TestGateway {
 /// Parses an SSE body into its `data:` payloads.
 pub fn sse_data(body: &str) -> Vec<String> {
     body.split("\n\n")
-        .filter_map(|ev| ev.lines().find_map(|l| l.strip_prefix("data: ")).map(str::to_owned))
+        .filter_map(|ev| {
+            ev.lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .map(str::to_owned)
+        })
         .collect()
 }

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Bench harness: direct-to-mock vs through the gateway (and through nginx when installed),
+# interleaved in one run so machine noise hits every path alike. Prints the added latency
+# p50/p99 at concurrency 1 and the max-RPS ratio. Only loopback traffic, bounded in time.
+#
+#   bench/run.sh [rounds] [seconds-per-measurement]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/setup-common.sh
+ensure_build_tools
+command -v wrk >/dev/null 2>&1 || apt_install wrk
+command -v python3 >/dev/null 2>&1 || apt_install python3
+
+ROUNDS=${1:-3}
+SECS=${2:-5}
+CONC=${BENCH_CONCURRENCY:-32}
+MOCK_PORT=18081 GW_PORT=18080 GW_ADMIN=19090 NGINX_PORT=18082
+OUT=bench/results
+mkdir -p "$OUT"
+LOG="$OUT/run-$(date +%Y%m%d-%H%M%S).txt"
+
+cargo build --release --locked --bin ai-gateway --example bench_mock >/dev/null
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+target/release/examples/bench_mock "$MOCK_PORT" & pids+=($!)
+cat > "$OUT/gateway.yaml" <<YAML
+listen: 127.0.0.1:$GW_PORT
+admin: { listen: 127.0.0.1:$GW_ADMIN }
+log: { level: warn }
+providers:
+  mock: { type: openai, base_url: "http://127.0.0.1:$MOCK_PORT/v1", api_key: bench-key }
+scenarios:
+  bench:
+    targets: [{ provider: mock, model: bench-model }]
+YAML
+RUST_LOG=error target/release/ai-gateway -c "$OUT/gateway.yaml" >/dev/null 2>&1 & pids+=($!)
+
+paths=("direct http://127.0.0.1:$MOCK_PORT/v1/chat/completions" "gateway http://127.0.0.1:$GW_PORT/v1/chat/completions")
+if command -v nginx >/dev/null 2>&1; then
+  mkdir -p "$OUT/nginx"
+  cat > "$OUT/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+error_log stderr error;
+pid $PWD/$OUT/nginx/nginx.pid;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $PWD/$OUT/nginx; proxy_temp_path $PWD/$OUT/nginx;
+  fastcgi_temp_path $PWD/$OUT/nginx; uwsgi_temp_path $PWD/$OUT/nginx; scgi_temp_path $PWD/$OUT/nginx;
+  upstream mock { server 127.0.0.1:$MOCK_PORT; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / { proxy_pass http://mock; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
+  }
+}
+NGINX
+  nginx -c "$PWD/$OUT/nginx/nginx.conf" -p "$PWD/$OUT/nginx" -g 'daemon off;' & pids+=($!)
+  paths+=("nginx http://127.0.0.1:$NGINX_PORT/v1/chat/completions")
+fi
+
+for port in $MOCK_PORT $GW_PORT; do
+  for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+done
+sleep 0.5
+
+measure() { # name url conns
+  wrk -t1 -c"$3" -d"${SECS}s" -s bench/post.lua "$2" 2>/dev/null | sed -n "s/^RESULT /$1 c=$3 /p"
+}
+{
+  echo "# $(date -u +%FT%TZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+  for name_url in "${paths[@]}"; do set -- $name_url; measure "$1" "$2" 1 >/dev/null; done # warm-up
+  for r in $(seq "$ROUNDS"); do
+    for name_url in "${paths[@]}"; do set -- $name_url; measure "$1" "$2" 1; done
+    for name_url in "${paths[@]}"; do set -- $name_url; measure "$1" "$2" "$CONC"; done
+  done
+} | tee "$LOG"
+
+python3 bench/summarize.py "$LOG" "$CONC"

@@ -1,0 +1,28 @@
+"""Summarizes a bench/run.sh log: medians over rounds, gateway and nginx relative to direct."""
+
+import re
+import statistics
+import sys
+from collections import defaultdict
+
+log, conc = sys.argv[1], sys.argv[2]
+rows = defaultdict(list)
+for line in open(log):
+    m = re.match(r"(\w+) c=(\d+) p50_us=(\d+) p99_us=(\d+) rps=([\d.]+) requests=(\d+) errors=(\d+) non2xx=(\d+)", line)
+    if m:
+        name, c, p50, p99, rps, n, err, non2xx = m.groups()
+        rows[(name, int(c))].append((int(p50), int(p99), float(rps), int(err) + int(non2xx)))
+
+def med(key, i):
+    return statistics.median(r[i] for r in rows[key])
+
+names = sorted({k[0] for k in rows}, key=lambda n: ["direct", "gateway", "nginx"].index(n) if n in ("direct", "gateway", "nginx") else 9)
+print(f"\n{'path':8} {'c=1 p50':>9} {'c=1 p99':>9} {'added p50':>10} {'added p99':>10} {'c=' + conc + ' rps':>10} {'rps ratio':>9} {'errors':>6}")
+for n in names:
+    p50, p99 = med((n, 1), 0), med((n, 1), 1)
+    rps = med((n, int(conc)), 2)
+    errs = sum(r[3] for k in rows if k[0] == n for r in rows[k])
+    add50 = p50 - med(("direct", 1), 0)
+    add99 = p99 - med(("direct", 1), 1)
+    ratio = rps / med(("direct", int(conc)), 2)
+    print(f"{n:8} {p50:>7}us {p99:>7}us {add50:>8}us {add99:>8}us {rps:>10.0f} {ratio:>9.2f} {errs:>6}")

@@ -1,0 +1,45 @@
+//! A fast, zero-delay OpenAI upstream for the bench harness (`bench/run.sh`): a fixed
+//! `chat.completion` for non-stream requests and a short SSE stream for `"stream": true`.
+//!
+//! Usage: `bench_mock <port>`
+
+use axum::body::{Body, Bytes};
+use axum::response::Response;
+use axum::routing::post;
+use axum::Router;
+
+const ANSWER: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help you today?"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":9,"total_tokens":18}}"#;
+const STREAM: &str = concat!(
+    "data: {\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"bench-model\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n",
+    "data: {\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"bench-model\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello!\"},\"finish_reason\":null}]}\n\n",
+    "data: {\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"bench-model\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+    "data: [DONE]\n\n"
+);
+
+async fn chat(body: Bytes) -> Response {
+    let stream = body.windows(14).any(|w| w == b"\"stream\":true");
+    let (ct, text) = if stream {
+        ("text/event-stream", STREAM)
+    } else {
+        ("application/json", ANSWER)
+    };
+    Response::builder()
+        .header("content-type", ct)
+        .body(Body::from(text))
+        .unwrap_or_default()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
+async fn main() {
+    let port: u16 = std::env::args()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(18081);
+    let app = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/chat/completions", post(chat));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind the bench mock port");
+    axum::serve(listener, app).await.expect("serve");
+}
