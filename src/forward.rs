@@ -169,8 +169,17 @@ async fn send_and_read_header(
 ) -> Result<HttpSession, SendError> {
     let io = |e: std::io::Error| SendError::Io(e.to_string());
     let exchange = async {
-        stream.write_all(head).await.map_err(io)?;
-        stream.write_all(body).await.map_err(io)?;
+        // Pooled streams are unbuffered: one buffer makes one segment for typical requests; a
+        // large body is not worth copying.
+        if body.len() <= 64 * 1024 {
+            let mut one = Vec::with_capacity(head.len() + body.len());
+            one.extend_from_slice(head);
+            one.extend_from_slice(body);
+            stream.write_all(&one).await.map_err(io)?;
+        } else {
+            stream.write_all(head).await.map_err(io)?;
+            stream.write_all(body).await.map_err(io)?;
+        }
         stream.flush().await.map_err(io)?;
         let mut up = HttpSession::new(stream);
         loop {

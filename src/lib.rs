@@ -39,7 +39,9 @@ pub enum StartError {
 
 /// Builds the pingora server for `config`; the caller runs it.
 pub fn build_server(config: Config) -> Result<(Server, Arc<Shared>), StartError> {
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads = config
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let conf = ServerConf {
         threads,
         grace_period_seconds: Some(config.grace_period.as_secs()),

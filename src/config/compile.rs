@@ -227,6 +227,9 @@ fn build(raw: RawConfig, path: &Path, base_dir: &Path, cx: &mut Ctx) -> Option<C
     if listen == admin_listen {
         cx.error("admin.listen", "must differ from listen");
     }
+    if raw.threads == Some(0) {
+        cx.error("threads", "must be at least 1 (remove it for one per core)");
+    }
     let max_body = raw.limits.max_body.map_or(DEFAULT_MAX_BODY, |s| s.0);
     if max_body == 0 {
         cx.error("limits.max_body", "must be greater than zero");
@@ -693,6 +696,7 @@ fn build(raw: RawConfig, path: &Path, base_dir: &Path, cx: &mut Ctx) -> Option<C
     Some(Config {
         path: path.to_path_buf(),
         listen,
+        threads: raw.threads,
         admin_listen,
         admin_api_key: secret(raw.admin.api_key.as_ref()),
         max_body,
@@ -712,4 +716,171 @@ fn build(raw: RawConfig, path: &Path, base_dir: &Path, cx: &mut Ctx) -> Option<C
         templates,
         warnings: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str) -> Result<Config, ConfigError> {
+        Config::from_str_at(yaml, Path::new("t.yaml"))
+    }
+
+    fn errors(yaml: &str) -> String {
+        match load(yaml) {
+            Ok(_) => panic!("expected errors"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    const BASE: &str = r#"
+providers:
+  o: { type: openai, base_url: "https://api.example.com:8443/v1/", api_key: k }
+  d: { type: dify, base_url: "http://dify.local/v1", api_key: "", app: workflow, output: plan }
+scenarios:
+  s:
+    models: [alias]
+    targets:
+      - provider: o
+        model: m
+      - provider: d
+"#;
+
+    #[test]
+    fn the_shipped_file_loads_with_defaults_and_warnings() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = text
+            .replace("${OPENAI_API_KEY}", "")
+            .replace("${DIFY_", "${UNSET_FOR_TEST_");
+        let cfg = Config::from_str_at(&text, &path).unwrap();
+        let names: Vec<&str> = cfg.scenarios.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "general_chat",
+                "beauty_plan",
+                "sentiment",
+                "consultation_summary"
+            ]
+        );
+        assert_eq!(cfg.scenarios[0].targets[0].provider.name, "dify-chat");
+        assert_eq!(cfg.scenarios[0].targets[1].provider.name, "openai");
+        assert!(cfg.scenarios[0].targets[1].system_prompt.is_some());
+        assert!(cfg
+            .warnings
+            .iter()
+            .any(|w| w.location.ends_with("providers.openai.api_key")));
+        assert_eq!(cfg.default_scenario, Some(0));
+        assert_eq!(cfg.max_body, 8 << 20);
+    }
+
+    #[test]
+    fn urls_policies_and_aliases_compile() {
+        let cfg = load(BASE).unwrap();
+        let o = &cfg.providers["o"];
+        assert_eq!(
+            o.url,
+            UpstreamUrl {
+                tls: true,
+                host: "api.example.com".into(),
+                port: 8443,
+                base_path: "/v1".into()
+            }
+        );
+        assert_eq!(o.url.host_header(), "api.example.com:8443");
+        assert_eq!(o.timeouts.first_token, Duration::from_secs(60));
+        assert_eq!(o.breaker.failure_threshold, 5);
+        assert!(
+            cfg.providers["d"].api_key.is_none(),
+            "an empty key means no key"
+        );
+        assert_eq!(cfg.models["alias"], 0);
+        assert_eq!(cfg.models["s"], 0);
+        let ProviderKind::Dify(d) = &cfg.providers["d"].kind else {
+            panic!()
+        };
+        assert_eq!(
+            (d.app, d.query_input.as_str(), d.output.as_deref()),
+            (DifyApp::Workflow, "query", Some("plan"))
+        );
+    }
+
+    #[test]
+    fn env_defaults_and_overrides_apply() {
+        let yaml = r#"
+defaults:
+  timeouts: { connect: 1s, total: 90s }
+providers:
+  o:
+    type: openai
+    base_url: ${AI_GW_TEST_SURELY_UNSET:-http://127.0.0.1:9/v1}
+    api_key: ${AI_GW_TEST_SURELY_UNSET}
+    timeouts: { first_token: 5s }
+scenarios:
+  s:
+    timeouts: { idle: 7s }
+    targets: [{ provider: o }]
+"#;
+        let cfg = load(yaml).unwrap();
+        let t = &cfg.scenarios[0].targets[0];
+        assert_eq!(t.provider.url.port, 9);
+        assert_eq!(t.timeouts.connect, Duration::from_secs(1));
+        assert_eq!(t.timeouts.first_token, Duration::from_secs(5));
+        assert_eq!(t.timeouts.idle, Duration::from_secs(7));
+        assert_eq!(t.timeouts.total, Duration::from_secs(90));
+        assert!(t.provider.api_key.is_none());
+    }
+
+    #[test]
+    fn semantic_errors_are_all_reported() {
+        let yaml = r#"
+threads: 0
+clients:
+  - { name: a, api_key: same, scenarios: [nope] }
+  - { name: a, api_key: same, budget: { usd: 1, tokens: 5, per: day } }
+providers:
+  o: { type: openai, base_url: "http://x/v1", api_key: "has space", app: chat }
+  d: { type: dify, base_url: "http://x/v1", api_key: k }
+scenarios:
+  s:
+    match: {}
+    targets:
+      - { provider: o, system_prompt: a, system_prompt_file: b.md, params: { stream: true } }
+      - { provider: o, weight: 0, cost: { input: -1, output: 1 } }
+  t: { targets: [] }
+"#;
+        let e = errors(yaml);
+        for want in [
+            "threads: error: must be at least 1",
+            "clients[0].scenarios: error: unknown scenario \"nope\"",
+            "clients[1].name: error: duplicate client name",
+            "clients[1].api_key: error: the same key is given to two clients",
+            "clients[1].budget: error: set exactly one of",
+            "providers.o.api_key: error: must be printable ASCII",
+            "providers.o.app: error: applies to `type: dify` providers only",
+            "providers.d.app: error: is required for dify",
+            "scenarios.s.match: error: needs at least one of",
+            "scenarios.s.targets[0]: error: set system_prompt or system_prompt_file, not both",
+            "scenarios.s.targets[0].params.stream: error: is set by the gateway",
+            "scenarios.s.targets[1].weight: error: must be at least 1",
+            "scenarios.s.targets[1].cost: error: input and output must be non-negative",
+            "scenarios.t.targets: error: at least one target is required",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_carry_line_and_column() {
+        let e = errors("providers:\n  o: { type: openai, base_url: 'http://x', api_key: k }\nscenarios:\n  s:\n    targets: [{ provider: o }]\n    retries: 3\n");
+        assert!(
+            e.starts_with("t.yaml:6:5: error: scenarios.s.retries: unknown field `retries`"),
+            "{e}"
+        );
+        let e = errors("listen: [1, 2]\n");
+        assert!(e.starts_with("t.yaml:1:9: error: listen:"), "{e}");
+        let e = errors("providers:\n  o: { type: grpc, base_url: x }\n");
+        assert!(e.contains("unknown variant `grpc`"), "{e}");
+    }
 }

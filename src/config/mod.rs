@@ -222,6 +222,8 @@ pub struct Config {
     /// The file this was loaded from; relative paths inside it resolve against its folder.
     pub path: PathBuf,
     pub listen: SocketAddr,
+    /// Worker threads of the API listener; `None` = one per core.
+    pub threads: Option<usize>,
     pub admin_listen: SocketAddr,
     pub admin_api_key: Option<Secret>,
     pub max_body: usize,

@@ -10,6 +10,7 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub listen: Option<EnvString>,
+    pub threads: Option<usize>,
     #[serde(default)]
     pub admin: RawAdmin,
     #[serde(default)]
