@@ -28,6 +28,7 @@ target/release/examples/bench_mock "$MOCK_PORT" & pids+=($!)
 cat > "$OUT/gateway.yaml" <<YAML
 listen: 127.0.0.1:$GW_PORT
 admin: { listen: 127.0.0.1:$GW_ADMIN }
+threads: 1
 log: { level: warn }
 providers:
   mock: { type: openai, base_url: "http://127.0.0.1:$MOCK_PORT/v1", api_key: bench-key }
