@@ -49,6 +49,17 @@ pub enum GatewayError {
         param: Option<String>,
         code: Option<String>,
     },
+    /// An upstream error translated to an OpenAI status/type/code (Dify's mapping table).
+    #[error("{message}")]
+    Mapped {
+        status: u16,
+        message: String,
+        error_type: String,
+        code: String,
+        param: Option<String>,
+        should_retry: Option<bool>,
+        retry_after: Option<u64>,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -73,7 +84,7 @@ impl GatewayError {
             UpstreamError(_) | StreamIncomplete(_) => 502,
             UpstreamUnavailable { .. } => 503,
             UpstreamTimeout(_) => 504,
-            UpstreamClientError { status, .. } => *status,
+            UpstreamClientError { status, .. } | Mapped { status, .. } => *status,
             Internal(_) => 500,
         }
     }
@@ -95,6 +106,7 @@ impl GatewayError {
             UpstreamUnavailable { .. } => "upstream_unavailable",
             UpstreamTimeout(_) => "upstream_timeout",
             UpstreamClientError { code, .. } => code.as_deref().unwrap_or("upstream_client_error"),
+            Mapped { code, .. } => code,
             Internal(_) => "internal_error",
         }
     }
@@ -112,6 +124,7 @@ impl GatewayError {
             UpstreamClientError { error_type, .. } => {
                 error_type.as_deref().unwrap_or("invalid_request_error")
             }
+            Mapped { error_type, .. } => error_type,
             _ => "invalid_request_error",
         }
     }
@@ -119,7 +132,8 @@ impl GatewayError {
     fn param(&self) -> Option<&str> {
         match self {
             GatewayError::InvalidRequest { param, .. }
-            | GatewayError::UpstreamClientError { param, .. } => param.as_deref(),
+            | GatewayError::UpstreamClientError { param, .. }
+            | GatewayError::Mapped { param, .. } => param.as_deref(),
             GatewayError::ModelNotFound(_) => Some("model"),
             _ => None,
         }
@@ -131,12 +145,16 @@ impl GatewayError {
             GatewayError::UpstreamUnavailable { retry_after, .. } => {
                 Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
             }
+            GatewayError::Mapped { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
 
     /// Whether the client should retry (OpenAI SDKs read `x-should-retry`).
     pub fn should_retry(&self) -> Option<bool> {
+        if let GatewayError::Mapped { should_retry, .. } = self {
+            return *should_retry;
+        }
         match self.status() {
             429 | 502 | 503 | 504 => Some(true),
             400..=499 => Some(false),

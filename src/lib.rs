@@ -16,6 +16,7 @@ pub mod providers;
 pub mod routing;
 pub mod server;
 pub mod state;
+pub mod upstream;
 
 use async_trait::async_trait;
 use config::Config;

@@ -35,6 +35,8 @@ pub struct Shared {
     /// Pooled TCP/TLS connections to upstreams (the HTTP/1.1 exchange is `forward`'s).
     pub transport: TransportConnector,
     pub resolver: Resolver,
+    /// Dify conversations per (provider, user, session); kept across reloads.
+    pub conversations: crate::providers::dify::Conversations,
 }
 
 impl Shared {
@@ -46,6 +48,7 @@ impl Shared {
             metrics,
             transport: TransportConnector::new(None),
             resolver: Resolver::default(),
+            conversations: crate::providers::dify::new_conversations(),
         })
     }
 

@@ -1,11 +1,13 @@
 //! Upstream protocols: how a chat request becomes an upstream call for each provider type.
 //! The request path asks for an [`UpstreamCall`]; the provider decides path, body and framing.
 
+pub mod dify;
 pub mod openai;
 
 use crate::config::{Config, ProviderKind, Target};
 use crate::error::GatewayError;
 use crate::protocol::ChatRequest;
+use crate::state::Shared;
 use bytes::Bytes;
 
 /// Everything the forwarder sends, already encoded.
@@ -14,6 +16,8 @@ pub struct UpstreamCall {
     pub body: Bytes,
     /// Whether the upstream answers with SSE.
     pub stream: bool,
+    /// Set for Dify targets: the answer is translated, not relayed.
+    pub dify: Option<dify::DifyCall>,
 }
 
 /// Variables every template sees (DESIGN §1.6).
@@ -48,20 +52,18 @@ pub fn render_system_prompt(
     })
 }
 
-pub fn build_call(
+pub async fn build_call(
+    shared: &Shared,
     config: &Config,
     target: &Target,
     req: &ChatRequest,
     vars: &TemplateVars<'_>,
 ) -> Result<UpstreamCall, GatewayError> {
+    let system = render_system_prompt(config, target, req, vars)?;
     match &target.provider.kind {
-        ProviderKind::OpenAi => {
-            let system = render_system_prompt(config, target, req, vars)?;
-            openai::build_call(target, req, system.as_deref())
+        ProviderKind::OpenAi => openai::build_call(target, req, system.as_deref()),
+        ProviderKind::Dify(settings) => {
+            dify::build_call(shared, config, target, settings, req, vars, system).await
         }
-        ProviderKind::Dify(_) => Err(GatewayError::UpstreamError(format!(
-            "provider {} (dify) is not served by this build yet",
-            target.provider.name
-        ))),
     }
 }

@@ -98,6 +98,7 @@ pub fn build_call(
         path: format!("{}/chat/completions", target.provider.url.base_path),
         body: Bytes::from(body),
         stream: req.stream,
+        dify: None,
     })
 }
 

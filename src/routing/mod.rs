@@ -1,10 +1,10 @@
 //! Which targets may serve a request, in the order they should be tried.
 //!
 //! This is the seam for strategies, breakers and concurrency limits: today a scenario's targets
-//! are taken in file order and those that cannot serve at all (no API key, a provider type this
-//! build does not speak yet) are left out with the reason kept for the error message.
+//! are taken in file order and those that cannot serve at all (no API key) are left out with the
+//! reason kept for the error message.
 
-use crate::config::{ProviderKind, Scenario, Target};
+use crate::config::{Scenario, Target};
 use crate::error::GatewayError;
 
 pub struct Plan<'a> {
@@ -15,12 +15,6 @@ fn unusable(target: &Target) -> Option<String> {
     let p = &target.provider;
     if p.api_key.is_none() {
         return Some(format!("provider {} has no api_key", p.name));
-    }
-    if matches!(p.kind, ProviderKind::Dify(_)) {
-        return Some(format!(
-            "provider {} (dify) is not served by this build yet",
-            p.name
-        ));
     }
     None
 }

@@ -142,7 +142,7 @@ async fn chat(
         scenario: &scenario.name,
         user: req.user.as_deref().unwrap_or(&default_user),
     };
-    let call = providers::build_call(config, target, &req, &vars)?;
+    let call = providers::build_call(shared, config, target, &req, &vars).await?;
     drop(req);
     forward::forward(shared, session, ctx, target, call).await
 }

@@ -2,6 +2,8 @@
 //! real gateway (pingora server) on free loopback ports with a given config.
 #![allow(dead_code)]
 
+pub mod dify;
+
 use ai_gateway::config::Config;
 use ai_gateway::RunningGateway;
 use axum::body::{Body, Bytes};
