@@ -32,9 +32,12 @@ threads: 1
 log: { level: warn }
 providers:
   mock: { type: openai, base_url: "http://127.0.0.1:$MOCK_PORT/v1", api_key: bench-key }
+  dify: { type: dify, base_url: "http://127.0.0.1:$MOCK_PORT/v1", api_key: app-bench-key, app: chat }
 scenarios:
   bench:
     targets: [{ provider: mock, model: bench-model }]
+  bench-dify:
+    targets: [{ provider: dify }]
 YAML
 RUST_LOG=error target/release/ai-gateway -c "$OUT/gateway.yaml" >/dev/null 2>&1 & pids+=($!)
 
@@ -75,6 +78,11 @@ measure() { # name url conns
   for r in $(seq "$ROUNDS"); do
     for name_url in "${paths[@]}"; do set -- $name_url; measure "$1" "$2" 1; done
     for name_url in "${paths[@]}"; do set -- $name_url; measure "$1" "$2" "$CONC"; done
+    # Dify translation (stream upstream, aggregated to one completion) next to OpenAI passthrough.
+    BENCH_BODY='{"model":"bench-dify","messages":[{"role":"user","content":"Say hello"}]}' \
+      measure dify "http://127.0.0.1:$GW_PORT/v1/chat/completions" 1
+    BENCH_BODY='{"model":"bench-dify","messages":[{"role":"user","content":"Say hello"}]}' \
+      measure dify "http://127.0.0.1:$GW_PORT/v1/chat/completions" "$CONC"
   done
 } | tee "$LOG"
 

@@ -16,7 +16,8 @@ for line in open(log):
 def med(key, i):
     return statistics.median(r[i] for r in rows[key])
 
-names = sorted({k[0] for k in rows}, key=lambda n: ["direct", "gateway", "nginx"].index(n) if n in ("direct", "gateway", "nginx") else 9)
+order = ["direct", "gateway", "nginx", "dify"]
+names = sorted({k[0] for k in rows}, key=lambda n: order.index(n) if n in order else 9)
 print(f"\n{'path':8} {'c=1 p50':>9} {'c=1 p99':>9} {'added p50':>10} {'added p99':>10} {'c=' + conc + ' rps':>10} {'rps ratio':>9} {'errors':>6}")
 for n in names:
     p50, p99 = med((n, 1), 0), med((n, 1), 1)
@@ -26,3 +27,7 @@ for n in names:
     add99 = p99 - med(("direct", 1), 1)
     ratio = rps / med(("direct", int(conc)), 2)
     print(f"{n:8} {p50:>7}us {p99:>7}us {add50:>8}us {add99:>8}us {rps:>10.0f} {ratio:>9.2f} {errs:>6}")
+
+if ("dify", int(conc)) in rows:
+    ratio = med(("dify", int(conc)), 2) / med(("gateway", int(conc)), 2)
+    print(f"\ndify translation max RPS / OpenAI passthrough max RPS (both through the gateway): {ratio:.2f}")

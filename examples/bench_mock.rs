@@ -1,5 +1,6 @@
 //! A fast, zero-delay OpenAI upstream for the bench harness (`bench/run.sh`): a fixed
-//! `chat.completion` for non-stream requests and a short SSE stream for `"stream": true`.
+//! `chat.completion` for non-stream requests and a short SSE stream for `"stream": true`, and a
+//! Dify chat app (`/v1/chat-messages`) streaming one short answer.
 //!
 //! Usage: `bench_mock <port>`
 
@@ -15,6 +16,20 @@ const STREAM: &str = concat!(
     "data: {\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"bench-model\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
     "data: [DONE]\n\n"
 );
+
+/// A Dify chat app's stream for one short answer (chat-messages, streaming).
+const DIFY_STREAM: &str = concat!(
+    "data: {\"event\":\"message\",\"conversation_id\":\"6f1c0a52-7b0e-4e0f-9c59-3c1d2f1d0c11\",\"message_id\":\"9da23599-e713-4b4e-a5b2-6f0e3d1c8a77\",\"created_at\":1705398420,\"task_id\":\"c3800678-a077-43df-a102-53f23ed20b88\",\"id\":\"9da23599-e713-4b4e-a5b2-6f0e3d1c8a77\",\"answer\":\"Hello! \"}\n\n",
+    "data: {\"event\":\"message\",\"conversation_id\":\"6f1c0a52-7b0e-4e0f-9c59-3c1d2f1d0c11\",\"message_id\":\"9da23599-e713-4b4e-a5b2-6f0e3d1c8a77\",\"created_at\":1705398420,\"task_id\":\"c3800678-a077-43df-a102-53f23ed20b88\",\"id\":\"9da23599-e713-4b4e-a5b2-6f0e3d1c8a77\",\"answer\":\"How can I help you today?\"}\n\n",
+    "data: {\"event\":\"message_end\",\"conversation_id\":\"6f1c0a52-7b0e-4e0f-9c59-3c1d2f1d0c11\",\"message_id\":\"9da23599-e713-4b4e-a5b2-6f0e3d1c8a77\",\"created_at\":1705398420,\"task_id\":\"c3800678-a077-43df-a102-53f23ed20b88\",\"id\":\"9da23599-e713-4b4e-a5b2-6f0e3d1c8a77\",\"metadata\":{\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":9,\"total_tokens\":18,\"total_price\":\"0.0001\",\"currency\":\"USD\",\"latency\":0.1}},\"files\":[]}\n\n"
+);
+
+async fn dify() -> Response {
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from(DIFY_STREAM))
+        .unwrap_or_default()
+}
 
 async fn chat(body: Bytes) -> Response {
     let stream = body.windows(14).any(|w| w == b"\"stream\":true");
@@ -37,7 +52,8 @@ async fn main() {
         .unwrap_or(18081);
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
-        .route("/chat/completions", post(chat));
+        .route("/chat/completions", post(chat))
+        .route("/v1/chat-messages", post(dify));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("bind the bench mock port");

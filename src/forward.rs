@@ -879,19 +879,27 @@ async fn relay_dify(
     if let (Some(key), Some(conv)) = (&call.conversation_key, &tr.conversation_id) {
         shared.conversations.insert(key.clone(), conv.clone());
     }
-    // Dify may still send TTS events after the terminal one; the connection is not worth keeping.
-    up.shutdown().await;
-    let _ = peer;
     if !out.client_stream {
         let body = out.pending.split().freeze();
-        if exchange::write_json(session, out.ctx, 200, body)
-            .await
-            .is_err()
-        {
+        if exchange::write_json(session, out.ctx, 200, body).await.is_err() {
             out.ctx.status = 499;
         }
     }
+    // The client has its answer. Dify closes the stream right after the terminal event (or
+    // after trailing TTS events); reading that end keeps the connection for the next request.
+    drain_and_release(shared, up, peer).await;
     Ok(())
+}
+
+/// How long to wait for the end of an upstream body that is no longer needed before closing
+/// the connection instead of pooling it.
+const DRAIN_LIMIT: Duration = Duration::from_millis(500);
+
+async fn drain_and_release(shared: &Shared, mut up: HttpSession, peer: &HttpPeer) {
+    match upstream::read_all(&mut up, Instant::now() + DRAIN_LIMIT, DRAIN_LIMIT, 1 << 20).await {
+        Ok(_) => upstream::release(shared, up, peer).await,
+        Err(_) => up.shutdown().await,
+    }
 }
 
 async fn client_left(
