@@ -152,12 +152,14 @@ fn take_usage(ctx: &mut RequestCtx, json: &[u8]) {
     }
 }
 
-/// Resolves when the client has gone away (or sent something it should not have).
+/// Resolves when the client has gone away (or sent something it should not have). A protocol
+/// that cannot tell (`Ok(None)`) never resolves, so the answer is not cut short.
 async fn client_gone(session: &mut Session) {
     loop {
         match session.as_downstream_mut().read_body_or_idle(true).await {
             Ok(Some(_)) => continue,
-            _ => return,
+            Ok(None) => std::future::pending::<()>().await,
+            Err(_) => return,
         }
     }
 }
@@ -881,7 +883,10 @@ async fn relay_dify(
     }
     if !out.client_stream {
         let body = out.pending.split().freeze();
-        if exchange::write_json(session, out.ctx, 200, body).await.is_err() {
+        if exchange::write_json(session, out.ctx, 200, body)
+            .await
+            .is_err()
+        {
             out.ctx.status = 499;
         }
     }
