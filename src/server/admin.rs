@@ -63,13 +63,7 @@ pub async fn handle(
             let Some(key) = &state.config.admin_api_key else {
                 return Err(GatewayError::AdminDisabled);
             };
-            let presented = auth::bearer(
-                session
-                    .req_header()
-                    .headers
-                    .get("authorization")
-                    .map(|v| v.as_bytes()),
-            );
+            let presented = auth::bearer(super::authorization(session));
             if !presented.is_some_and(|p| auth::key_matches(key, p)) {
                 return Err(GatewayError::InvalidApiKey);
             }

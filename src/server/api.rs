@@ -70,14 +70,7 @@ async fn models(
 ) -> Result<(), GatewayError> {
     let state = shared.snapshot();
     let config = &state.config;
-    auth::authenticate(
-        config,
-        session
-            .req_header()
-            .headers
-            .get("authorization")
-            .map(|v| v.as_bytes()),
-    )?;
+    auth::authenticate(config, super::authorization(session))?;
     let mut data = Vec::new();
     for s in config.scenarios.values() {
         for id in std::iter::once(&s.name).chain(s.models.iter()) {
@@ -103,14 +96,7 @@ async fn chat(
     // One snapshot for the whole request: a reload mid-request never mixes two configs.
     let state = shared.snapshot();
     let config = &state.config;
-    let client = auth::authenticate(
-        config,
-        session
-            .req_header()
-            .headers
-            .get("authorization")
-            .map(|v| v.as_bytes()),
-    )?;
+    let client = auth::authenticate(config, super::authorization(session))?;
     ctx.client = client.map(|c| c.name.clone());
 
     let hints = RequestHints {

@@ -44,6 +44,15 @@ fn set_nodelay(session: &Session) {
     }
 }
 
+/// The raw `Authorization` header value, for the key checks of both listeners.
+pub(crate) fn authorization(session: &Session) -> Option<&[u8]> {
+    session
+        .req_header()
+        .headers
+        .get("authorization")
+        .map(|v| v.as_bytes())
+}
+
 fn request_id(session: &Session) -> String {
     match session
         .req_header()
