@@ -10,16 +10,19 @@
 //! closed (and a Dify task stopped) instead of generating tokens nobody reads.
 
 use crate::config::Target;
+use crate::config::{Config, Scenario};
 use crate::error::GatewayError;
 use crate::exchange::{self, RequestCtx, SSE_DONE};
 use crate::protocol::chunks::ChunkWriter;
 use crate::protocol::sse::{SseEvent, SseParser};
+use crate::protocol::ChatRequest;
 use crate::providers::dify::{
     self,
     translate::{Out, Translator},
     DifyCall,
 };
-use crate::providers::UpstreamCall;
+use crate::providers::{self, TemplateVars, UpstreamCall};
+use crate::routing::{AttemptGuard, Skip};
 use crate::state::Shared;
 use crate::upstream::{self, OpenError, ReadError};
 use bytes::{Bytes, BytesMut};
@@ -75,6 +78,54 @@ impl Drop for InflightGuard<'_> {
     fn drop(&mut self) {
         self.0.dec();
     }
+}
+
+/// How an attempt that produced nothing for the client failed, and what routing makes of it.
+#[derive(Debug)]
+pub enum FailKind {
+    /// The target is unhealthy (connect, timeout, 5xx, broken stream): fail over, count for
+    /// the breaker.
+    Broken,
+    /// The target is rate limited: fail over, and it rests for the duration.
+    Limited(Duration),
+    /// The client's request is at fault (or the client left): no retry, no breaker count.
+    Final,
+}
+
+#[derive(Debug)]
+pub struct Failure {
+    /// Boxed: the error path is rare and `Result<(), Failure>` stays small on the hot path.
+    pub error: Box<GatewayError>,
+    pub kind: FailKind,
+}
+
+impl From<GatewayError> for Failure {
+    fn from(error: GatewayError) -> Self {
+        let kind = match &error {
+            GatewayError::UpstreamError(_)
+            | GatewayError::UpstreamTimeout(_)
+            | GatewayError::StreamIncomplete(_) => FailKind::Broken,
+            GatewayError::Mapped {
+                status: 429,
+                code,
+                retry_after,
+                ..
+            } => {
+                let default = if code == "insufficient_quota" { 60 } else { 1 };
+                FailKind::Limited(Duration::from_secs(retry_after.unwrap_or(default)))
+            }
+            GatewayError::Mapped { status, .. } if *status >= 500 => FailKind::Broken,
+            _ => FailKind::Final,
+        };
+        Failure {
+            error: Box::new(error),
+            kind,
+        }
+    }
+}
+
+fn fail<T>(error: GatewayError) -> Result<T, Failure> {
+    Err(Failure::from(error))
 }
 
 fn record(shared: &Shared, provider: &str, outcome: Outcome) {
@@ -193,15 +244,144 @@ async fn next(
     step
 }
 
-/// Calls `target` with `call` and answers the client. An `Err` means nothing was written
-/// downstream yet; the caller renders it as an HTTP error.
-pub async fn forward(
+/// The attempt loop (DESIGN §1.7): the scenario's candidates in strategy order, one pass,
+/// failing over before the first byte on connect errors, timeouts, 5xx, 429 and streams that
+/// break before their first content; skipping targets whose breaker is open, that rest after a
+/// 429, or whose provider is at `max_concurrency`; bounded by `retry.attempts` and the global
+/// retry budget. A single-target scenario retries that target with jittered backoff.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    config: &Config,
+    scenario: &Scenario,
+    req: &ChatRequest,
+    vars: &TemplateVars<'_>,
+) -> Result<(), GatewayError> {
+    let router = &shared.router;
+    router.budget.record_request(Instant::now());
+    let plan = router.plan(scenario)?;
+    let n = plan.candidates.len();
+    let cap = plan.candidates[0].target.retry.attempts.max(1) as usize;
+    // One pass over the chain; a lone target may be tried up to `attempts` times.
+    let order: Vec<usize> = if n == 1 {
+        vec![0; cap]
+    } else {
+        (0..n).collect()
+    };
+    let mut skips: Vec<Skip> = Vec::new();
+    let mut last: Option<GatewayError> = None;
+    let mut previous: Option<usize> = None;
+    let mut made = 0usize;
+    for idx in order {
+        if made == cap {
+            break;
+        }
+        let c = &plan.candidates[idx];
+        let mut guard = match router.admit(c, Instant::now()) {
+            Ok(g) => g,
+            Err(skip) => {
+                skips.push(skip);
+                continue;
+            }
+        };
+        if let Some(prev) = previous {
+            if !router.budget.try_retry(Instant::now()) {
+                break;
+            }
+            if prev == idx {
+                let r = c.target.retry;
+                let exp = r
+                    .backoff
+                    .saturating_mul(1u32 << (made - 1).min(16) as u32)
+                    .min(r.max_backoff);
+                // Full jitter in [50 %, 100 %]: retries of many clients do not line up.
+                tokio::time::sleep(exp.mul_f64(0.5 + fastrand::f64() * 0.5)).await;
+            } else {
+                let from = &plan.candidates[prev];
+                shared
+                    .metrics
+                    .fallbacks_total
+                    .with_label_values(&[
+                        &scenario.name,
+                        &from.target.provider.name,
+                        &c.target.provider.name,
+                    ])
+                    .inc();
+            }
+        }
+        made += 1;
+        previous = Some(idx);
+        let call = providers::build_call(shared, config, c.target, req, vars).await?;
+        match attempt(shared, session, ctx, c.target, call, &mut guard).await {
+            Ok(()) => return Ok(()),
+            Err(Failure { error, kind }) => {
+                let text = error.to_string();
+                match kind {
+                    FailKind::Final => return Err(*error),
+                    FailKind::Broken => guard.failure(&text),
+                    FailKind::Limited(d) => guard.rest(Instant::now() + d, &text),
+                }
+                log::debug!(
+                    "request {}: target {} failed: {text}",
+                    ctx.request_id,
+                    c.label()
+                );
+                last = Some(*error);
+            }
+        }
+    }
+    if let Some(e) = last {
+        return Err(e);
+    }
+    Err(unavailable(scenario, &skips))
+}
+
+/// Nothing could be tried: 429 when every target rests after a 429, else 503; `Retry-After`
+/// is the soonest time something can serve again.
+fn unavailable(scenario: &Scenario, skips: &[Skip]) -> GatewayError {
+    let now = Instant::now();
+    let soonest = skips
+        .iter()
+        .map(|s| match s {
+            Skip::Open { retry_at } => retry_at.saturating_duration_since(now),
+            Skip::Resting { until } => until.saturating_duration_since(now),
+            Skip::Full => Duration::from_secs(1),
+        })
+        .min()
+        .unwrap_or(Duration::from_secs(1));
+    let secs = soonest.as_secs_f64().ceil().max(1.0) as u64;
+    if !skips.is_empty() && skips.iter().all(|s| matches!(s, Skip::Resting { .. })) {
+        return GatewayError::Mapped {
+            status: 429,
+            message: format!("every target of scenario {} is rate limited", scenario.name),
+            error_type: "rate_limit_error".into(),
+            code: "rate_limited".into(),
+            param: None,
+            should_retry: Some(true),
+            retry_after: Some(secs),
+        };
+    }
+    GatewayError::UpstreamUnavailable {
+        message: format!(
+            "no target of scenario {} is available (circuit open or at max_concurrency)",
+            scenario.name
+        ),
+        retry_after: Duration::from_secs(secs),
+    }
+}
+
+/// One attempt: calls `target` with `call` and answers the client. An `Err` means nothing was
+/// written downstream yet, so routing may try another target.
+async fn attempt(
     shared: &Shared,
     session: &mut Session,
     ctx: &mut RequestCtx,
     target: &Target,
     mut call: UpstreamCall,
-) -> Result<(), GatewayError> {
+    guard: &mut AttemptGuard,
+) -> Result<(), Failure> {
     let provider = &target.provider;
     let t = target.timeouts;
     let start = Instant::now();
@@ -247,7 +427,7 @@ pub async fn forward(
             Ok(x) => x,
             Err(OpenError::Connect(e)) => {
                 record(shared, &provider.name, Outcome::ConnectError);
-                return Err(GatewayError::UpstreamError(format!(
+                return fail(GatewayError::UpstreamError(format!(
                     "provider {}: {}",
                     provider.name,
                     sanitize(&e)
@@ -255,7 +435,7 @@ pub async fn forward(
             }
             Err(OpenError::Io(e)) => {
                 record(shared, &provider.name, Outcome::ConnectError);
-                return Err(GatewayError::UpstreamError(format!(
+                return fail(GatewayError::UpstreamError(format!(
                     "provider {}: connection failed before an answer: {}",
                     provider.name,
                     sanitize(&e)
@@ -263,14 +443,14 @@ pub async fn forward(
             }
             Err(OpenError::ConnectTimeout) => {
                 record(shared, &provider.name, Outcome::Timeout);
-                return Err(GatewayError::UpstreamTimeout(format!(
+                return fail(GatewayError::UpstreamTimeout(format!(
                     "provider {}: no connection within connect timeout {:?}",
                     provider.name, t.connect
                 )));
             }
             Err(OpenError::Timeout) => {
                 record(shared, &provider.name, Outcome::Timeout);
-                return Err(GatewayError::UpstreamTimeout(format!(
+                return fail(GatewayError::UpstreamTimeout(format!(
                     "provider {} sent no answer within first_token timeout {:?}",
                     provider.name,
                     first_token_deadline - start
@@ -279,12 +459,17 @@ pub async fn forward(
         };
         let Some(resp) = up.resp_header() else {
             record(shared, &provider.name, Outcome::StreamError);
-            return Err(GatewayError::UpstreamError(format!(
+            return fail(GatewayError::UpstreamError(format!(
                 "provider {}: no response header",
                 provider.name
             )));
         };
         let status = resp.status.as_u16();
+        let retry_after = resp
+            .headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
         let content_type = resp
             .headers
             .get("content-type")
@@ -311,16 +496,16 @@ pub async fn forward(
                         continue;
                     }
                 }
-                return Err(err);
+                return fail(err);
             }
-            return Err(openai_error(&provider.name, status, &body));
+            return fail(openai_error(&provider.name, status, &body, retry_after));
         }
 
         if let Some(d) = call.dify.take() {
             if !content_type.starts_with("text/event-stream") {
                 record(shared, &provider.name, Outcome::StreamError);
                 upstream::release(shared, up, &peer).await;
-                return Err(GatewayError::UpstreamError(format!(
+                return fail(GatewayError::UpstreamError(format!(
                     "dify provider {} answered {content_type} instead of an event stream",
                     provider.name
                 )));
@@ -331,7 +516,7 @@ pub async fn forward(
                 deadline,
                 idle: t.idle,
             };
-            return relay_dify(shared, session, ctx, target, d, up, &peer, times).await;
+            return relay_dify(shared, session, ctx, target, d, up, &peer, times, guard).await;
         }
         let times = Times {
             start,
@@ -340,7 +525,7 @@ pub async fn forward(
             idle: t.idle,
         };
         return if call.stream && content_type.starts_with("text/event-stream") {
-            relay_stream(shared, session, ctx, target, up, &peer, times).await
+            relay_stream(shared, session, ctx, target, up, &peer, times, guard).await
         } else {
             relay_json(
                 shared,
@@ -351,6 +536,7 @@ pub async fn forward(
                 &peer,
                 times,
                 &content_type,
+                guard,
             )
             .await
         };
@@ -358,9 +544,26 @@ pub async fn forward(
 }
 
 /// An OpenAI-compatible upstream's error answer, as the client sees it.
-fn openai_error(provider: &str, status: u16, body: &[u8]) -> GatewayError {
+fn openai_error(
+    provider: &str,
+    status: u16,
+    body: &[u8],
+    retry_after: Option<u64>,
+) -> GatewayError {
     let (message, etype, param, code) = upstream_error_fields(body);
     let message = sanitize(message.as_deref().unwrap_or("no error message"));
+    if status == 429 {
+        // A rate-limited target rests for Retry-After; the client sees it too if nothing else serves.
+        return GatewayError::Mapped {
+            status,
+            message: format!("provider {provider} is rate limited: {message}"),
+            error_type: etype.unwrap_or_else(|| "rate_limit_error".into()),
+            code: code.unwrap_or_else(|| "rate_limit_exceeded".into()),
+            param,
+            should_retry: Some(true),
+            retry_after: Some(retry_after.unwrap_or(1)),
+        };
+    }
     if !(400..500).contains(&status) {
         return GatewayError::UpstreamError(format!(
             "provider {provider} answered {status}: {message}"
@@ -393,7 +596,8 @@ async fn relay_json(
     peer: &HttpPeer,
     times: Times,
     content_type: &str,
-) -> Result<(), GatewayError> {
+    guard: &mut AttemptGuard,
+) -> Result<(), Failure> {
     let provider = &target.provider;
     let t0 = Instant::now();
     let read = upstream::read_all(
@@ -408,14 +612,14 @@ async fn relay_json(
         Ok(b) => b,
         Err(ReadError::Timeout) => {
             record(shared, &provider.name, Outcome::Timeout);
-            return Err(GatewayError::UpstreamTimeout(format!(
+            return fail(GatewayError::UpstreamTimeout(format!(
                 "provider {} did not finish its answer in time",
                 provider.name
             )));
         }
         Err(ReadError::Io(e)) => {
             record(shared, &provider.name, Outcome::StreamError);
-            return Err(GatewayError::UpstreamError(format!(
+            return fail(GatewayError::UpstreamError(format!(
                 "provider {}: answer cut off: {}",
                 provider.name,
                 sanitize(&e)
@@ -423,14 +627,16 @@ async fn relay_json(
         }
         Err(ReadError::TooLarge) => {
             record(shared, &provider.name, Outcome::StreamError);
-            return Err(GatewayError::UpstreamError(format!(
+            return fail(GatewayError::UpstreamError(format!(
                 "provider {}: answer larger than {MAX_RESPONSE} bytes",
                 provider.name
             )));
         }
     };
     record(shared, &provider.name, Outcome::Ok);
-    ctx.ttft = Some(times.start.elapsed());
+    let ttft = times.start.elapsed();
+    ctx.ttft = Some(ttft);
+    guard.success(ttft);
     take_usage(ctx, &body);
     upstream::release(shared, up, peer).await;
     let ct = if content_type.starts_with("text/event-stream") {
@@ -456,6 +662,39 @@ struct StreamWatch {
     events: Vec<SseEvent>,
     done: bool,
     broken: bool,
+    /// A content, finish or terminal event has arrived: the stream is established.
+    established: bool,
+    /// An in-stream error that arrived before any content.
+    early_error: Option<String>,
+}
+
+/// Whether an OpenAI chunk carries content or ends the answer (the role chunk does neither).
+fn is_content_event(data: &str) -> Result<bool, String> {
+    let v: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
+    if let Some(e) = v.get("error") {
+        return Err(e
+            .get("message")
+            .and_then(|m| m.as_str())
+            .unwrap_or("error event")
+            .to_owned());
+    }
+    let choices = v
+        .get("choices")
+        .and_then(|c| c.as_array())
+        .cloned()
+        .unwrap_or_default();
+    Ok(v.get("usage").is_some_and(|u| !u.is_null())
+        || choices.iter().any(|c| {
+            let d = &c["delta"];
+            !c["finish_reason"].is_null()
+                || d["content"].as_str().is_some_and(|t| !t.is_empty())
+                || d["reasoning_content"]
+                    .as_str()
+                    .is_some_and(|t| !t.is_empty())
+                || d.get("tool_calls").is_some_and(|t| !t.is_null())
+                || d.get("function_call").is_some_and(|t| !t.is_null())
+                || d["refusal"].as_str().is_some_and(|t| !t.is_empty())
+        }))
 }
 
 impl StreamWatch {
@@ -466,17 +705,28 @@ impl StreamWatch {
         if self.parser.push(chunk, &mut self.events).is_err() {
             // Relaying continues; we only lose the ability to observe the stream.
             self.broken = true;
+            self.established = true;
         }
         for ev in self.events.drain(..) {
             if ev.is_done() {
                 self.done = true;
-            } else if ev.data.contains("\"usage\"") {
+                self.established = true;
+                continue;
+            }
+            if !self.established && !ev.data.is_empty() {
+                match is_content_event(&ev.data) {
+                    Ok(found) => self.established = found,
+                    Err(e) => self.early_error = Some(e),
+                }
+            }
+            if ev.data.contains("\"usage\"") {
                 take_usage(ctx, ev.data.as_bytes());
             }
         }
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn relay_stream(
     shared: &Shared,
     session: &mut Session,
@@ -485,52 +735,64 @@ async fn relay_stream(
     mut up: HttpSession,
     peer: &HttpPeer,
     times: Times,
-) -> Result<(), GatewayError> {
+    guard: &mut AttemptGuard,
+) -> Result<(), Failure> {
     let provider = &target.provider;
-    let first = match next(ctx, session, &mut up, times.first_token_deadline).await {
-        Step::Chunk(chunk) => chunk,
-        Step::Eof => {
-            record(shared, &provider.name, Outcome::StreamError);
-            return Err(GatewayError::UpstreamError(format!(
-                "provider {}: stream ended before any event",
-                provider.name
-            )));
+    // Hold the client's headers until the first content (or terminal) event: a stream that
+    // dies before it is still a clean failover.
+    let mut watch = StreamWatch::default();
+    let mut held = BytesMut::new();
+    while !watch.established {
+        match next(ctx, session, &mut up, times.first_token_deadline).await {
+            Step::Chunk(chunk) => {
+                watch.feed(ctx, &chunk);
+                held.extend_from_slice(&chunk);
+                if let Some(e) = watch.early_error.take() {
+                    record(shared, &provider.name, Outcome::StreamError);
+                    up.shutdown().await;
+                    return fail(GatewayError::UpstreamError(format!(
+                        "provider {}: stream failed before any content: {}",
+                        provider.name,
+                        sanitize(&e)
+                    )));
+                }
+            }
+            Step::Eof | Step::Failed(_) => {
+                record(shared, &provider.name, Outcome::StreamError);
+                up.shutdown().await;
+                return fail(GatewayError::UpstreamError(format!(
+                    "provider {}: stream ended before any content",
+                    provider.name
+                )));
+            }
+            Step::TimedOut => {
+                record(shared, &provider.name, Outcome::Timeout);
+                up.shutdown().await;
+                return fail(GatewayError::UpstreamTimeout(format!(
+                    "provider {} sent no content within first_token timeout {:?}",
+                    provider.name,
+                    times.first_token_deadline - times.start
+                )));
+            }
+            Step::ClientGone => {
+                ctx.status = 499;
+                up.shutdown().await;
+                return Ok(());
+            }
         }
-        Step::Failed(e) => {
-            record(shared, &provider.name, Outcome::StreamError);
-            return Err(GatewayError::UpstreamError(format!(
-                "provider {}: stream failed before any event: {}",
-                provider.name,
-                sanitize(&e)
-            )));
-        }
-        Step::TimedOut => {
-            record(shared, &provider.name, Outcome::Timeout);
-            up.shutdown().await;
-            return Err(GatewayError::UpstreamTimeout(format!(
-                "provider {} sent no stream event within first_token timeout {:?}",
-                provider.name,
-                times.first_token_deadline - times.start
-            )));
-        }
-        Step::ClientGone => {
-            ctx.status = 499;
-            up.shutdown().await;
-            return Ok(());
-        }
-    };
+    }
     record(shared, &provider.name, Outcome::Ok);
-    ctx.ttft = Some(times.start.elapsed());
+    let ttft = times.start.elapsed();
+    ctx.ttft = Some(ttft);
+    guard.success(ttft);
     let header = exchange::sse_header(ctx)?;
     ctx.status = 200;
-    let mut watch = StreamWatch::default();
-    watch.feed(ctx, &first);
     if session
         .write_response_header(Box::new(header), false)
         .await
         .is_err()
         || session
-            .write_response_body(Some(first), false)
+            .write_response_body(Some(held.freeze()), false)
             .await
             .is_err()
     {
@@ -664,7 +926,8 @@ async fn relay_dify(
     mut up: HttpSession,
     peer: &HttpPeer,
     times: Times,
-) -> Result<(), GatewayError> {
+    guard: &mut AttemptGuard,
+) -> Result<(), Failure> {
     let provider = &target.provider;
     let origin = call.origin.clone();
     let mut tr = Translator::new(
@@ -715,7 +978,7 @@ async fn relay_dify(
                 record(shared, &provider.name, Outcome::Timeout);
                 up.shutdown().await;
                 stop_dify_task(shared, target, &call, tr.task_id.as_deref()).await;
-                return Err(GatewayError::UpstreamTimeout(format!(
+                return fail(GatewayError::UpstreamTimeout(format!(
                     "dify provider {} produced no answer within first_token timeout {:?}",
                     provider.name,
                     times.first_token_deadline - times.start
@@ -751,7 +1014,7 @@ async fn relay_dify(
                 up.shutdown().await;
                 if !started {
                     record(shared, &provider.name, Outcome::StreamError);
-                    return Err(GatewayError::UpstreamError(e.to_string()));
+                    return fail(GatewayError::UpstreamError(e.to_string()));
                 }
                 return finish_with_error(
                     shared,
@@ -769,7 +1032,7 @@ async fn relay_dify(
             let e = GatewayError::UpstreamError(format!("dify provider {}: {e}", provider.name));
             if !started {
                 record(shared, &provider.name, Outcome::StreamError);
-                return Err(e);
+                return fail(e);
             }
             return finish_with_error(shared, session, &mut out, &provider.name, e, header.take())
                 .await;
@@ -788,7 +1051,7 @@ async fn relay_dify(
                     up.shutdown().await;
                     if !started {
                         record(shared, &provider.name, Outcome::of_status(e.status()));
-                        return Err(e);
+                        return fail(e);
                     }
                     return finish_with_error(
                         shared,
@@ -804,7 +1067,9 @@ async fn relay_dify(
                     if !started {
                         started = true;
                         record(shared, &provider.name, Outcome::Ok);
-                        out.ctx.ttft = Some(times.start.elapsed());
+                        let ttft = times.start.elapsed();
+                        out.ctx.ttft = Some(ttft);
+                        guard.success(ttft);
                         out.writer.id = tr
                             .id
                             .clone()
@@ -914,7 +1179,7 @@ async fn client_left(
     tr: &Translator,
     out: &mut DifyOut<'_>,
     mut up: HttpSession,
-) -> Result<(), GatewayError> {
+) -> Result<(), Failure> {
     out.ctx.status = 499;
     up.shutdown().await;
     if !tr.finished {
@@ -932,10 +1197,10 @@ async fn finish_with_error(
     provider: &str,
     err: GatewayError,
     header: Option<pingora::http::ResponseHeader>,
-) -> Result<(), GatewayError> {
+) -> Result<(), Failure> {
     record(shared, provider, Outcome::StreamError);
     if !out.client_stream {
-        return Err(err);
+        return fail(err);
     }
     if let Some(h) = header {
         if session

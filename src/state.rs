@@ -31,7 +31,9 @@ impl RuntimeState {
 
 pub struct Shared {
     state: ArcSwap<RuntimeState>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    /// Breakers, rests, latency and in-flight per target; kept across reloads.
+    pub router: crate::routing::Router,
     /// Pooled TCP/TLS connections to upstreams (the HTTP/1.1 exchange is `forward`'s).
     pub transport: TransportConnector,
     pub resolver: Resolver,
@@ -41,10 +43,11 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: Config) -> Result<Shared, prometheus::Error> {
-        let metrics = Metrics::new()?;
+        let metrics = Arc::new(Metrics::new()?);
         metrics.config_generation.set(1);
         Ok(Shared {
             state: ArcSwap::from_pointee(RuntimeState::new(config, 1)),
+            router: crate::routing::Router::new(metrics.clone()),
             metrics,
             transport: TransportConnector::new(None),
             resolver: Resolver::default(),

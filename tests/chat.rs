@@ -385,16 +385,19 @@ providers:
     base_url: {url}
     api_key: k1
     timeouts: {{ first_token: 500ms, total: 30s }}
+    retry: {{ attempts: 1 }}
   stalls:
     type: openai
     base_url: {url}
     api_key: k2
     timeouts: {{ first_token: 500ms, idle: 300ms }}
+    retry: {{ attempts: 1 }}
   dead:
     type: openai
     base_url: http://{dead}/v1
     api_key: k3
     timeouts: {{ connect: 500ms }}
+    retry: {{ attempts: 1 }}
 scenarios:
   silent: {{ targets: [{{ provider: silent, model: m }}] }}
   stalls: {{ targets: [{{ provider: stalls, model: m }}] }}

@@ -1,45 +1,410 @@
-//! Which targets may serve a request, in the order they should be tried.
+//! Which targets may serve a request, in which order, and what the gateway has learned about
+//! each target (breaker, 429 rest, latency, in-flight, recent outcomes).
 //!
-//! This is the seam for strategies, breakers and concurrency limits: today a scenario's targets
-//! are taken in file order and those that cannot serve at all (no API key) are left out with the
-//! reason kept for the error message.
+//! State lives in [`Router`], keyed by target (provider + upstream model), so scenarios sharing a
+//! target share its breaker. A [`Plan`] orders a scenario's targets by its strategy; admission
+//! (breaker permit, 429 rest, provider concurrency) happens per attempt through
+//! [`Router::admit`], so a probe slot is never taken for a target that is not tried.
 
-use crate::config::{Scenario, Target};
+pub mod breaker;
+pub mod budget;
+
+use crate::config::{Provider, Scenario, Strategy, Target};
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use breaker::{Admission, Breaker};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-pub struct Plan<'a> {
-    pub targets: Vec<&'a Target>,
+/// Samples kept per target for TTFT percentiles and the success rate.
+const WINDOW: usize = 256;
+/// Weight of a new TTFT sample in the moving average.
+const EWMA_ALPHA: f64 = 0.3;
+
+#[derive(Default)]
+struct Observed {
+    ewma_ttft: Option<f64>,
+    ttfts: VecDeque<f64>,
+    outcomes: VecDeque<bool>,
+    last_error: Option<String>,
 }
 
-fn unusable(target: &Target) -> Option<String> {
-    let p = &target.provider;
-    if p.api_key.is_none() {
-        return Some(format!("provider {} has no api_key", p.name));
+/// What the gateway knows about one target.
+pub struct TargetState {
+    pub provider: String,
+    pub label: String,
+    breaker: Mutex<Breaker>,
+    rest_until: Mutex<Option<Instant>>,
+    inflight: AtomicU32,
+    observed: Mutex<Observed>,
+}
+
+impl TargetState {
+    fn publish(&self, metrics: &Metrics, code: i64) {
+        metrics
+            .circuit_state
+            .with_label_values(&[&self.provider, &self.label])
+            .set(code);
     }
-    None
-}
 
-/// The ordered candidates, or 502 `upstream_error` naming why no target can serve.
-pub fn plan(scenario: &Scenario) -> Result<Plan<'_>, GatewayError> {
-    let mut reasons = Vec::new();
-    let mut targets = Vec::with_capacity(scenario.targets.len());
-    for t in &scenario.targets {
-        match unusable(t) {
-            Some(reason) => reasons.push(reason),
-            None => targets.push(t),
+    fn observe(&self, ok: bool, ttft: Option<Duration>, error: Option<String>) {
+        let mut o = self.observed.lock();
+        if o.outcomes.len() == WINDOW {
+            o.outcomes.pop_front();
+        }
+        o.outcomes.push_back(ok);
+        if let Some(t) = ttft {
+            let s = t.as_secs_f64();
+            o.ewma_ttft = Some(o.ewma_ttft.map_or(s, |e| e + EWMA_ALPHA * (s - e)));
+            if o.ttfts.len() == WINDOW {
+                o.ttfts.pop_front();
+            }
+            o.ttfts.push_back(s);
+        }
+        if error.is_some() {
+            o.last_error = error;
         }
     }
-    if targets.is_empty() {
-        return Err(GatewayError::UpstreamError(format!(
-            "no target of scenario {} can serve: {}",
-            scenario.name,
-            reasons.join("; ")
-        )));
+
+    fn ewma(&self) -> f64 {
+        self.observed.lock().ewma_ttft.unwrap_or(0.0)
     }
-    Ok(Plan { targets })
 }
 
-/// Whether some target of the scenario could serve now (`/ready`).
-pub fn has_usable_target(scenario: &Scenario) -> bool {
-    scenario.targets.iter().any(|t| unusable(t).is_none())
+fn target_key(t: &Target) -> String {
+    format!("{}/{}", t.provider.name, t.model.as_deref().unwrap_or("-"))
+}
+
+/// An admitted attempt. Its verdict goes to the breaker; dropped without one (client left,
+/// client error) it only frees its slots.
+pub struct AttemptGuard {
+    state: Arc<TargetState>,
+    provider_slots: Arc<AtomicU32>,
+    probe: bool,
+    settled: bool,
+    metrics: Arc<Metrics>,
+}
+
+impl AttemptGuard {
+    /// The stream is established (first content event): the attempt succeeded.
+    pub fn success(&mut self, ttft: Duration) {
+        if self.settled {
+            return;
+        }
+        self.settled = true;
+        let code = {
+            let mut b = self.state.breaker.lock();
+            b.on_success(self.probe);
+            b.code()
+        };
+        self.state.publish(&self.metrics, code);
+        self.state.observe(true, Some(ttft), None);
+    }
+
+    /// The target failed (connect, timeout, 5xx, broken stream).
+    pub fn failure(&mut self, error: &str) {
+        if self.settled {
+            return;
+        }
+        self.settled = true;
+        let code = {
+            let mut b = self.state.breaker.lock();
+            b.on_failure(Instant::now());
+            b.code()
+        };
+        self.state.publish(&self.metrics, code);
+        self.state.observe(false, None, Some(error.to_owned()));
+    }
+
+    /// The target said 429: it gets nothing until `until`; not a breaker failure.
+    pub fn rest(&mut self, until: Instant, error: &str) {
+        let mut r = self.state.rest_until.lock();
+        *r = Some(r.map_or(until, |u| u.max(until)));
+        drop(r);
+        self.state.observe(false, None, Some(error.to_owned()));
+    }
+}
+
+impl Drop for AttemptGuard {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.state.breaker.lock().on_cancel(self.probe);
+        }
+        self.state.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.provider_slots.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why a candidate was not tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    Open { retry_at: Instant },
+    Resting { until: Instant },
+    Full,
+}
+
+pub struct Router {
+    targets: Mutex<HashMap<String, Arc<TargetState>>>,
+    provider_slots: Mutex<HashMap<String, Arc<AtomicU32>>>,
+    round_robin: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    pub budget: budget::RetryBudget,
+    metrics: Arc<Metrics>,
+}
+
+pub struct Candidate<'a> {
+    pub target: &'a Target,
+    state: Arc<TargetState>,
+    slots: Arc<AtomicU32>,
+}
+
+impl Candidate<'_> {
+    pub fn label(&self) -> &str {
+        &self.state.label
+    }
+}
+
+pub struct Plan<'a> {
+    pub candidates: Vec<Candidate<'a>>,
+}
+
+fn cost_of(t: &Target) -> f64 {
+    t.cost.map_or(f64::MAX, |c| c.input + c.output)
+}
+
+impl Router {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Router {
+            targets: Mutex::new(HashMap::new()),
+            provider_slots: Mutex::new(HashMap::new()),
+            round_robin: Mutex::new(HashMap::new()),
+            budget: budget::RetryBudget::default(),
+            metrics,
+        }
+    }
+
+    fn state(&self, t: &Target) -> Arc<TargetState> {
+        let key = target_key(t);
+        let mut map = self.targets.lock();
+        if let Some(s) = map.get(&key) {
+            // A reload may change the breaker settings of a surviving target.
+            let mut b = s.breaker.lock();
+            if b.settings != t.provider.breaker {
+                b.settings = t.provider.breaker;
+            }
+            return s.clone();
+        }
+        let label = t.model.clone().unwrap_or_else(|| t.provider.name.clone());
+        let s = Arc::new(TargetState {
+            provider: t.provider.name.clone(),
+            label,
+            breaker: Mutex::new(Breaker::new(t.provider.breaker)),
+            rest_until: Mutex::new(None),
+            inflight: AtomicU32::new(0),
+            observed: Mutex::new(Observed::default()),
+        });
+        s.publish(&self.metrics, 0);
+        map.insert(key, s.clone());
+        s
+    }
+
+    fn slots(&self, p: &Provider) -> Arc<AtomicU32> {
+        self.provider_slots
+            .lock()
+            .entry(p.name.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// The scenario's usable targets (with an API key) ordered by its strategy, or 502 naming
+    /// why none can serve.
+    pub fn plan<'a>(&self, scenario: &'a Scenario) -> Result<Plan<'a>, GatewayError> {
+        let mut missing = Vec::new();
+        let mut candidates: Vec<Candidate<'a>> = Vec::with_capacity(scenario.targets.len());
+        for t in &scenario.targets {
+            if t.provider.api_key.is_none() {
+                missing.push(format!("provider {} has no api_key", t.provider.name));
+                continue;
+            }
+            candidates.push(Candidate {
+                target: t,
+                state: self.state(t),
+                slots: self.slots(&t.provider),
+            });
+        }
+        if candidates.is_empty() {
+            return Err(GatewayError::UpstreamError(format!(
+                "no target of scenario {} can serve: {}",
+                scenario.name,
+                missing.join("; ")
+            )));
+        }
+        self.order(scenario, &mut candidates);
+        Ok(Plan { candidates })
+    }
+
+    fn order(&self, scenario: &Scenario, c: &mut [Candidate<'_>]) {
+        let n = c.len();
+        if n < 2 {
+            return;
+        }
+        match scenario.strategy {
+            Strategy::Failover => {}
+            Strategy::RoundRobin => {
+                let counter = self
+                    .round_robin
+                    .lock()
+                    .entry(scenario.name.clone())
+                    .or_default()
+                    .clone();
+                let start = counter.fetch_add(1, Ordering::Relaxed) % n;
+                c.rotate_left(start);
+            }
+            Strategy::Weighted => {
+                // Weighted sampling without replacement: the first pick follows the weights.
+                for i in 0..n {
+                    let total: u64 = c[i..]
+                        .iter()
+                        .map(|x| u64::from(x.target.weight.unwrap_or(1)))
+                        .sum();
+                    let mut pick = fastrand::u64(0..total.max(1));
+                    let mut chosen = i;
+                    for (j, x) in c.iter().enumerate().skip(i) {
+                        let w = u64::from(x.target.weight.unwrap_or(1));
+                        if pick < w {
+                            chosen = j;
+                            break;
+                        }
+                        pick -= w;
+                    }
+                    c.swap(i, chosen);
+                }
+            }
+            Strategy::LeastLatency => {
+                // Power of two choices on the TTFT moving average; the rest by average.
+                let a = fastrand::usize(0..n);
+                let mut b = fastrand::usize(0..n - 1);
+                if b >= a {
+                    b += 1;
+                }
+                let best = if c[a].state.ewma() <= c[b].state.ewma() {
+                    a
+                } else {
+                    b
+                };
+                c.swap(0, best);
+                c[1..].sort_by(|x, y| x.state.ewma().total_cmp(&y.state.ewma()));
+            }
+            Strategy::LeastBusy => {
+                fastrand::shuffle(c);
+                c.sort_by_key(|x| x.state.inflight.load(Ordering::Relaxed));
+            }
+            Strategy::Cost => c.sort_by(|x, y| cost_of(x.target).total_cmp(&cost_of(y.target))),
+        }
+    }
+
+    /// Admits an attempt on `c`, or says why not (no connect is made for a skipped target).
+    pub fn admit(&self, c: &Candidate<'_>, now: Instant) -> Result<AttemptGuard, Skip> {
+        if let Some(until) = *c.state.rest_until.lock() {
+            if now < until {
+                return Err(Skip::Resting { until });
+            }
+        }
+        let max = c.target.provider.max_concurrency;
+        if c.slots.fetch_add(1, Ordering::Relaxed) >= max {
+            c.slots.fetch_sub(1, Ordering::Relaxed);
+            return Err(Skip::Full);
+        }
+        let (admission, code) = {
+            let mut b = c.state.breaker.lock();
+            let a = b.admit(now);
+            (a, b.code())
+        };
+        c.state.publish(&self.metrics, code);
+        let probe = match admission {
+            Admission::Normal => false,
+            Admission::Probe => true,
+            Admission::Denied { retry_at } => {
+                c.slots.fetch_sub(1, Ordering::Relaxed);
+                return Err(Skip::Open { retry_at });
+            }
+        };
+        c.state.inflight.fetch_add(1, Ordering::Relaxed);
+        Ok(AttemptGuard {
+            state: c.state.clone(),
+            provider_slots: c.slots.clone(),
+            probe,
+            settled: false,
+            metrics: self.metrics.clone(),
+        })
+    }
+
+    /// Whether some target of the scenario could be tried now (`/ready`).
+    pub fn has_usable_target(&self, scenario: &Scenario) -> bool {
+        let now = Instant::now();
+        scenario.targets.iter().any(|t| {
+            t.provider.api_key.is_some() && {
+                let s = self.state(t);
+                let b = s.breaker.lock();
+                !matches!(b.state, breaker::State::Open { until } if until > now)
+            }
+        })
+    }
+
+    /// Every known target for `GET /admin/providers`.
+    pub fn snapshot(&self) -> Value {
+        let now = Instant::now();
+        let mut list: Vec<(String, Arc<TargetState>)> = self
+            .targets
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        let targets: Vec<Value> = list
+            .into_iter()
+            .map(|(key, s)| {
+                let (state, failures, reopens_in) = {
+                    let b = s.breaker.lock();
+                    let failures = match b.state {
+                        breaker::State::Closed { failures } => failures,
+                        _ => 0,
+                    };
+                    let reopens = match b.state {
+                        breaker::State::Open { until } => Some(until.saturating_duration_since(now).as_secs_f64()),
+                        _ => None,
+                    };
+                    (b.name(), failures, reopens)
+                };
+                let o = s.observed.lock();
+                let mut ttfts: Vec<f64> = o.ttfts.iter().copied().collect();
+                ttfts.sort_by(f64::total_cmp);
+                let pct = |p: f64| -> Option<f64> {
+                    (!ttfts.is_empty()).then(|| ttfts[((ttfts.len() - 1) as f64 * p).round() as usize])
+                };
+                let ok = o.outcomes.iter().filter(|x| **x).count();
+                let resting = s.rest_until.lock().filter(|u| *u > now).map(|u| (u - now).as_secs_f64());
+                json!({
+                    "target": key,
+                    "provider": s.provider,
+                    "model": s.label,
+                    "breaker": state,
+                    "consecutive_failures": failures,
+                    "reopens_in_seconds": reopens_in,
+                    "resting_seconds": resting,
+                    "inflight": s.inflight.load(Ordering::Relaxed),
+                    "success_rate": (!o.outcomes.is_empty()).then(|| ok as f64 / o.outcomes.len() as f64),
+                    "samples": o.outcomes.len(),
+                    "ttft_p50_seconds": pct(0.5),
+                    "ttft_p99_seconds": pct(0.99),
+                    "ttft_ewma_seconds": o.ewma_ttft,
+                    "last_error": o.last_error,
+                })
+            })
+            .collect();
+        json!({"targets": targets})
+    }
 }

@@ -3,7 +3,6 @@
 use crate::error::GatewayError;
 use crate::exchange::{self, RequestCtx};
 use crate::filters::auth;
-use crate::routing;
 use crate::state::Shared;
 use bytes::Bytes;
 use pingora::proxy::Session;
@@ -40,7 +39,7 @@ pub async fn handle(
                 .config
                 .scenarios
                 .values()
-                .filter(|s| !routing::has_usable_target(s))
+                .filter(|s| !shared.router.has_usable_target(s))
                 .map(|s| s.name.as_str())
                 .collect();
             let (status, body) = if missing.is_empty() {
@@ -67,8 +66,15 @@ pub async fn handle(
             if !presented.is_some_and(|p| auth::key_matches(key, p)) {
                 return Err(GatewayError::InvalidApiKey);
             }
-            // The admin endpoints (providers, config, reload, cache) arrive with their issues.
-            Err(GatewayError::NotFound { method, path })
+            match (path.as_str(), get) {
+                ("/admin/providers", true) => {
+                    let body = Bytes::from(shared.router.snapshot().to_string());
+                    let _ = exchange::write_json(session, ctx, 200, body).await;
+                    Ok(())
+                }
+                // config, reload and cache arrive with their issues.
+                _ => Err(GatewayError::NotFound { method, path }),
+            }
         }
         _ => Err(GatewayError::NotFound { method, path }),
     }

@@ -3,10 +3,10 @@
 use crate::error::GatewayError;
 use crate::exchange::{self, RequestCtx};
 use crate::filters::{auth, scenario};
+use crate::forward;
 use crate::protocol::{ChatRequest, RequestHints};
-use crate::providers::{self, TemplateVars};
+use crate::providers::TemplateVars;
 use crate::state::Shared;
-use crate::{forward, routing};
 use bytes::Bytes;
 use pingora::proxy::Session;
 use serde_json::json;
@@ -119,16 +119,11 @@ async fn chat(
     let scenario = &config.scenarios[idx];
     ctx.scenario = Some(scenario.name.clone());
 
-    let plan = routing::plan(scenario)?;
-    // Strategies and fallback come with routing; the first usable target serves for now.
-    let target = plan.targets[0];
     let default_user =
         client.map_or_else(|| "gateway".to_owned(), |c| format!("gateway-{}", c.name));
     let vars = TemplateVars {
         scenario: &scenario.name,
         user: req.user.as_deref().unwrap_or(&default_user),
     };
-    let call = providers::build_call(shared, config, target, &req, &vars).await?;
-    drop(req);
-    forward::forward(shared, session, ctx, target, call).await
+    forward::serve(shared, session, ctx, config, scenario, &req, &vars).await
 }
