@@ -412,16 +412,15 @@ async fn attempt(
         };
         let head = upstream::head(provider, &request);
         let t0 = Instant::now();
-        let opened = upstream::open(
-            shared,
-            provider,
-            &t,
-            deadline,
-            first_token_deadline,
-            &head,
-            &call.body,
-        )
-        .await;
+        let opened = tokio::select! {
+            r = upstream::open(shared, provider, &t, deadline, first_token_deadline, &head, &call.body) => r,
+            // Leaving before the answer starts cancels the upstream call (dropping it closes
+            // the connection); it says nothing about the target's health.
+            _ = client_gone(session) => {
+                ctx.status = 499;
+                return Ok(());
+            }
+        };
         ctx.upstream_wait += t0.elapsed();
         let (mut up, peer) = match opened {
             Ok(x) => x,

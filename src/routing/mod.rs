@@ -299,8 +299,16 @@ impl Router {
                 c[1..].sort_by(|x, y| x.state.ewma().total_cmp(&y.state.ewma()));
             }
             Strategy::LeastBusy => {
+                // Fewest in flight; ties go to the faster target, then at random.
                 fastrand::shuffle(c);
-                c.sort_by_key(|x| x.state.inflight.load(Ordering::Relaxed));
+                c.sort_by(|x, y| {
+                    let (ix, iy) = (
+                        x.state.inflight.load(Ordering::Relaxed),
+                        y.state.inflight.load(Ordering::Relaxed),
+                    );
+                    ix.cmp(&iy)
+                        .then_with(|| x.state.ewma().total_cmp(&y.state.ewma()))
+                });
             }
             Strategy::Cost => c.sort_by(|x, y| cost_of(x.target).total_cmp(&cost_of(y.target))),
         }

@@ -59,6 +59,12 @@ pub struct Knobs {
     pub chunk_interval: Duration,
     /// End the stream after this many content chunks, without finish chunk or [DONE].
     pub cut_after: Option<usize>,
+    /// Abort the connection after this many content chunks (a reset mid-stream).
+    pub reset_after: Option<usize>,
+    /// `Retry-After` seconds on a non-200 answer.
+    pub retry_after: Option<u64>,
+    /// Send the stream's headers, then only SSE comment pings, forever.
+    pub pings_only: bool,
 }
 
 impl Default for Knobs {
@@ -74,6 +80,9 @@ impl Default for Knobs {
             chunks: 4,
             chunk_interval: Duration::ZERO,
             cut_after: None,
+            reset_after: None,
+            retry_after: None,
+            pings_only: false,
         }
     }
 }
@@ -82,6 +91,24 @@ impl Default for Knobs {
 pub struct MockState {
     pub knobs: Mutex<Knobs>,
     pub received: Mutex<Vec<Recorded>>,
+    /// Requests whose handling was abandoned because the caller went away.
+    pub cancelled: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a request as cancelled if its handler is dropped before it answers.
+struct CancelWatch<'a> {
+    state: &'a MockState,
+    answered: bool,
+}
+
+impl Drop for CancelWatch<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.state
+                .cancelled
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
 }
 
 pub struct MockOpenAi {
@@ -127,6 +154,7 @@ impl MockOpenAi {
         let state = Arc::new(MockState {
             knobs: Mutex::new(knobs),
             received: Mutex::new(Vec::new()),
+            cancelled: Default::default(),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
@@ -207,16 +235,37 @@ async fn chat(State(state): State<Arc<MockState>>, req: axum::extract::Request) 
         body: body.clone(),
     });
     let knobs = state.knobs.lock().clone();
+    let mut watch = CancelWatch {
+        state: &state,
+        answered: false,
+    };
     if knobs.never_answer {
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
     tokio::time::sleep(knobs.latency).await;
+    watch.answered = true;
     if knobs.status != 200 {
-        return Response::builder()
+        let mut r = Response::builder()
             .status(knobs.status)
             .header("content-type", "application/json")
-            .header("set-cookie", "upstream=secret")
-            .body(Body::from(knobs.error_body.clone()))
+            .header("set-cookie", "upstream=secret");
+        if let Some(s) = knobs.retry_after {
+            r = r.header("retry-after", s.to_string());
+        }
+        return r.body(Body::from(knobs.error_body.clone())).unwrap();
+    }
+    if knobs.pings_only {
+        let pings = futures::stream::unfold((), move |_| async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Some((
+                Ok::<_, std::io::Error>(Bytes::from_static(b": ping\n\n")),
+                (),
+            ))
+        });
+        return Response::builder()
+            .status(200)
+            .header("content-type", "text/event-stream")
+            .body(Body::from_stream(pings))
             .unwrap();
     }
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -247,26 +296,36 @@ async fn chat(State(state): State<Arc<MockState>>, req: axum::extract::Request) 
         json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": MOCK_CREATED, "model": model,
                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}]})
     };
-    let mut events: Vec<String> =
-        vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null).to_string()];
+    let mut events: Vec<Option<String>> = vec![Some(
+        chunk(json!({"role": "assistant", "content": ""}), Value::Null).to_string(),
+    )];
     let parts = split_content(&knobs.content, knobs.chunks);
     for (i, part) in parts.iter().enumerate() {
         if knobs.cut_after == Some(i) {
             break;
         }
-        events.push(chunk(json!({"content": part}), Value::Null).to_string());
+        if knobs.reset_after == Some(i) {
+            events.push(None);
+            break;
+        }
+        events.push(Some(
+            chunk(json!({"content": part}), Value::Null).to_string(),
+        ));
     }
-    let cut = knobs.cut_after.is_some_and(|k| k < parts.len());
+    let cut = knobs
+        .cut_after
+        .or(knobs.reset_after)
+        .is_some_and(|k| k < parts.len());
     if !cut {
-        events.push(chunk(json!({}), json!("stop")).to_string());
+        events.push(Some(chunk(json!({}), json!("stop")).to_string()));
         if include_usage {
-            events.push(
+            events.push(Some(
                 json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": MOCK_CREATED, "model": model,
                        "choices": [], "usage": usage})
                 .to_string(),
-            );
+            ));
         }
-        events.push("[DONE]".into());
+        events.push(Some("[DONE]".into()));
     }
     let interval = knobs.chunk_interval;
     let stall = knobs.stall_after_headers;
@@ -279,11 +338,12 @@ async fn chat(State(state): State<Arc<MockState>>, req: axum::extract::Request) 
             if !first {
                 tokio::time::sleep(interval).await;
             }
-            let ev = it.next()?;
-            Some((
-                Ok::<_, std::io::Error>(Bytes::from(format!("data: {ev}\n\n"))),
-                (it, stall, false),
-            ))
+            // `None` aborts the body: hyper resets the connection mid-stream.
+            let item = match it.next()? {
+                Some(ev) => Ok(Bytes::from(format!("data: {ev}\n\n"))),
+                None => Err(std::io::Error::other("reset")),
+            };
+            Some((item, (it, stall, false)))
         },
     );
     Response::builder()

@@ -1,0 +1,438 @@
+//! Routing and resilience through the real gateway: strategies, failover before the first byte,
+//! 429 rests, breakers, the retry budget and client cancellation. Every test checks that each
+//! request got exactly one well-formed answer and counts what the mock upstreams received.
+
+mod support;
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use support::*;
+
+/// A config with one provider per mock (`a`, `b`, …) and scenario `s` over them in order.
+fn config(
+    mocks: &[&MockOpenAi],
+    scenario: &str,
+    provider_extra: &str,
+    target_extra: &[&str],
+) -> String {
+    let mut providers = String::new();
+    let mut targets = String::new();
+    for (i, m) in mocks.iter().enumerate() {
+        let name = (b'a' + i as u8) as char;
+        providers.push_str(&format!(
+            "  {name}: {{ type: openai, base_url: \"{}\", api_key: key-{name}, timeouts: {{ connect: 500ms, first_token: 1s, idle: 1s }}{provider_extra} }}\n",
+            m.url()
+        ));
+        let extra = target_extra.get(i).copied().unwrap_or("");
+        targets.push_str(&format!(
+            "      - {{ provider: {name}, model: model-{name}{extra} }}\n"
+        ));
+    }
+    format!("admin:\n  api_key: admin-key\nproviders:\n{providers}scenarios:\n  s:\n{scenario}\n    targets:\n{targets}")
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+async fn ask(gw: &TestGateway, stream: bool) -> Answer {
+    let body =
+        json!({"model": "s", "stream": stream, "messages": [{"role": "user", "content": "hi"}]});
+    let r = client()
+        .post(format!("{}/v1/chat/completions", gw.api))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let body = r.text().await.unwrap();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Exactly one well-formed answer: a completion, a stream ending in [DONE], or an OpenAI error.
+fn well_formed(a: &Answer) {
+    if a.status == 200 {
+        if a.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+        {
+            assert_eq!(
+                sse_data(&a.body).last().map(String::as_str),
+                Some("[DONE]"),
+                "{}",
+                a.body
+            );
+        } else {
+            let v: Value = serde_json::from_str(&a.body).unwrap();
+            assert!(
+                v["choices"][0]["message"]["content"].is_string(),
+                "{}",
+                a.body
+            );
+        }
+    } else {
+        let v: Value = serde_json::from_str(&a.body).unwrap();
+        assert!(v["error"]["code"].is_string(), "{}", a.body);
+    }
+}
+
+async fn run_many(gw: &TestGateway, n: usize, parallel: usize) -> Vec<Answer> {
+    futures::stream::iter(0..n)
+        .map(|i| ask(gw, i % 2 == 0))
+        .buffer_unordered(parallel)
+        .collect()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn strategies_distribute_as_defined() {
+    let (a, b) = (MockOpenAi::start().await, MockOpenAi::start().await);
+    let cases: [(&str, [&str; 2]); 4] = [
+        ("    strategy: failover", ["", ""]),
+        ("    strategy: round_robin", ["", ""]),
+        ("    strategy: weighted", [", weight: 3", ", weight: 1"]),
+        (
+            "    strategy: cost",
+            [
+                ", cost: { input: 1.0, output: 2.0 }",
+                ", cost: { input: 0.1, output: 0.2 }",
+            ],
+        ),
+    ];
+    for (strategy, extras) in cases {
+        let gw = start_gateway(&config(&[&a, &b], strategy, "", &extras));
+        let (a0, b0) = (a.count(), b.count());
+        let answers = run_many(&gw, 1000, 8).await;
+        assert!(answers.iter().all(|x| x.status == 200), "{strategy}");
+        answers.iter().for_each(well_formed);
+        let (na, nb) = (a.count() - a0, b.count() - b0);
+        assert_eq!(na + nb, 1000, "{strategy}: one upstream call per request");
+        match strategy.trim() {
+            "strategy: failover" => assert_eq!((na, nb), (1000, 0)),
+            "strategy: round_robin" => assert_eq!((na, nb), (500, 500)),
+            "strategy: weighted" => {
+                assert!((700..=800).contains(&na), "weighted 3:1 gave {na}:{nb}")
+            }
+            _ => assert_eq!((na, nb), (0, 1000), "cost picks the cheapest"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn least_busy_and_least_latency_prefer_the_better_target() {
+    let (a, b) = (MockOpenAi::start().await, MockOpenAi::start().await);
+    // `a` holds each request 500 ms: it is only chosen while it has nothing in flight.
+    a.set(|k| k.latency = Duration::from_millis(500));
+    let gw = start_gateway(&config(&[&a, &b], "    strategy: least_busy", "", &[]));
+    let answers = run_many(&gw, 1000, 8).await;
+    answers.iter().for_each(well_formed);
+    let (na, nb) = (a.count(), b.count());
+    assert_eq!(na + nb, 1000);
+    println!("least_busy: a={na} b={nb}");
+    // The busy target only gets work while it has nothing in flight: about one request per
+    // 500 ms of the run, plus races between concurrent picks.
+    assert!(
+        na < 100,
+        "least_busy sent {na} of 1000 to the busy target (b={nb})"
+    );
+
+    let (a, b) = (MockOpenAi::start().await, MockOpenAi::start().await);
+    a.set(|k| k.latency = Duration::from_millis(30));
+    let gw = start_gateway(&config(&[&a, &b], "    strategy: least_latency", "", &[]));
+    let answers = run_many(&gw, 1000, 4).await;
+    answers.iter().for_each(well_formed);
+    let (na, nb) = (a.count(), b.count());
+    assert_eq!(na + nb, 1000);
+    println!("least_latency: a={na} b={nb}");
+    assert!(
+        nb > 700,
+        "least_latency should shift to the faster target: a={na} b={nb}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn primary_failures_fall_back_before_the_first_byte() {
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for fault in ["503", "refused", "silent"] {
+        let (a, b) = (MockOpenAi::start().await, MockOpenAi::start().await);
+        let mut yaml = config(&[&a, &b], "", "", &[]);
+        match fault {
+            "503" => a.set(|k| k.status = 503),
+            "refused" => yaml = yaml.replace(&a.url(), &format!("http://127.0.0.1:{dead_port}/v1")),
+            _ => a.set(|k| k.never_answer = true),
+        }
+        let gw = start_gateway(&yaml);
+        for stream in [false, true] {
+            let answer = ask(&gw, stream).await;
+            well_formed(&answer);
+            assert_eq!(answer.status, 200, "{fault}: {}", answer.body);
+            assert_eq!(answer.headers["x-gateway-attempts"], "2", "{fault}");
+            assert_eq!(answer.headers["x-gateway-provider"], "b", "{fault}");
+            assert!(answer.body.contains("Hello from"), "the fallback's answer");
+        }
+        assert_eq!(b.count(), 2, "{fault}");
+        let m = gw.metrics();
+        assert!(
+            m.contains(r#"ai_gateway_fallbacks_total{from="a",scenario="s",to="b"} 2"#),
+            "{fault}\n{m}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_429_target_rests_for_retry_after() {
+    let (a, b) = (MockOpenAi::start().await, MockOpenAi::start().await);
+    a.set(|k| {
+        k.status = 429;
+        k.retry_after = Some(2);
+    });
+    let gw = start_gateway(&config(&[&a, &b], "", "", &[]));
+    let first = ask(&gw, false).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.headers["x-gateway-provider"], "b");
+    let limited_at = Instant::now();
+    a.set(|k| {
+        k.status = 200;
+        k.retry_after = None;
+    });
+    while limited_at.elapsed() < Duration::from_millis(1700) {
+        let r = ask(&gw, true).await;
+        well_formed(&r);
+        assert_eq!(r.headers["x-gateway-provider"], "b");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(a.count(), 1, "the resting target received nothing");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = ask(&gw, false).await;
+    assert_eq!(
+        r.headers["x-gateway-provider"], "a",
+        "back after Retry-After"
+    );
+
+    // Every target limited: the client gets 429 with Retry-After.
+    let before = a.count() + b.count();
+    a.set(|k| {
+        k.status = 429;
+        k.retry_after = Some(3);
+    });
+    b.set(|k| {
+        k.status = 429;
+        k.retry_after = Some(5);
+    });
+    let r = ask(&gw, false).await;
+    well_formed(&r);
+    assert_eq!(r.status, 429);
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=5).contains(&retry), "Retry-After {retry}");
+    let r = ask(&gw, false).await;
+    assert_eq!(
+        r.status, 429,
+        "both resting: answered without contacting them"
+    );
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["error"]["code"], "rate_limited");
+    assert_eq!(r.headers["retry-after"], "3", "the soonest reopening");
+    assert_eq!(
+        a.count() + b.count(),
+        before + 2,
+        "no contact while resting"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reset_after_the_first_byte_is_an_in_stream_error_without_fallback() {
+    let (a, b) = (MockOpenAi::start().await, MockOpenAi::start().await);
+    a.set(|k| {
+        k.chunks = 6;
+        k.reset_after = Some(3);
+    });
+    let gw = start_gateway(&config(&[&a, &b], "", "", &[]));
+    let r = ask(&gw, true).await;
+    assert_eq!(r.status, 200);
+    let data = sse_data(&r.body);
+    let content: Vec<&String> = data
+        .iter()
+        .filter(|d| d.contains("\"content\"") && !d.contains("\"role\""))
+        .collect();
+    assert_eq!(
+        content.len(),
+        3,
+        "three content chunks reached the client: {data:?}"
+    );
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let err: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    assert_eq!(err["error"]["code"], "stream_incomplete");
+    assert_eq!(b.count(), 0, "no fallback after the first byte");
+}
+
+fn gauge(metrics: &str, provider: &str) -> Option<i64> {
+    let prefix =
+        format!("ai_gateway_circuit_state{{provider=\"{provider}\",target=\"model-{provider}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn breaker_opens_probes_and_closes() {
+    let (a, b) = (MockOpenAi::start().await, MockOpenAi::start().await);
+    a.set(|k| k.status = 503);
+    let policy = ", breaker: { failure_threshold: 3, open_for: 1s, success_threshold: 2, half_open_probes: 1 }";
+    let gw = start_gateway(&config(&[&a, &b], "", policy, &[]));
+    for _ in 0..3 {
+        let r = ask(&gw, false).await;
+        assert_eq!(r.headers["x-gateway-provider"], "b");
+    }
+    assert_eq!(a.count(), 3);
+    assert_eq!(
+        gauge(&gw.metrics(), "a"),
+        Some(2),
+        "open after failure_threshold"
+    );
+    let opened = Instant::now();
+    while opened.elapsed() < Duration::from_millis(800) {
+        let r = ask(&gw, false).await;
+        assert_eq!(
+            r.headers["x-gateway-attempts"], "1",
+            "an open target is skipped without a connect"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(a.count(), 3, "no traffic while open");
+    let ready = client()
+        .get(format!("{}/ready", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200, "b still serves");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Half-open: exactly one probe at a time. The probe is slow and succeeds.
+    a.set(|k| {
+        k.status = 200;
+        k.latency = Duration::from_millis(400);
+    });
+    let answers = run_many(&gw, 6, 6).await;
+    answers.iter().for_each(well_formed);
+    assert_eq!(a.count(), 4, "one probe while half-open");
+    assert_eq!(
+        gauge(&gw.metrics(), "a"),
+        Some(1),
+        "one success of two: still half-open"
+    );
+    a.set(|k| k.latency = Duration::ZERO);
+    let r = ask(&gw, false).await;
+    assert_eq!(r.headers["x-gateway-provider"], "a", "second probe");
+    assert_eq!(
+        gauge(&gw.metrics(), "a"),
+        Some(0),
+        "closed after success_threshold"
+    );
+    let admin: Value = client()
+        .get(format!("{}/admin/providers", gw.admin))
+        .bearer_auth("admin-key")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let t = admin["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["provider"] == "a")
+        .unwrap();
+    assert_eq!(t["breaker"], "closed");
+    assert!(t["ttft_p50_seconds"].as_f64().is_some());
+    assert!(t["last_error"].as_str().unwrap().contains("503"), "{t}");
+    assert!(
+        !admin.to_string().contains("key-a"),
+        "no key material in admin output"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_retry_budget_bounds_load_during_an_outage() {
+    let (a, b) = (MockOpenAi::start().await, MockOpenAi::start().await);
+    a.set(|k| k.status = 503);
+    b.set(|k| k.status = 503);
+    // Breakers out of the way: the budget alone must bound the extra attempts.
+    let policy = ", breaker: { failure_threshold: 100000 }";
+    let gw = start_gateway(&config(&[&a, &b], "", policy, &[]));
+    let n = 60;
+    for _ in 0..n {
+        let r = ask(&gw, false).await;
+        well_formed(&r);
+        assert_eq!(r.status, 502);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let total = a.count() + b.count();
+    assert!(
+        total as f64 <= 1.2 * n as f64 + 3.0,
+        "{total} upstream calls for {n} requests"
+    );
+    assert!(total > n, "some retries were allowed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_leaving_before_the_first_byte_cancels_the_upstream_call() {
+    let (a, b) = (MockOpenAi::start().await, MockOpenAi::start().await);
+    a.set(|k| k.latency = Duration::from_secs(3));
+    let gw = start_gateway(&config(
+        &[&a, &b],
+        "",
+        ", breaker: { failure_threshold: 1 }",
+        &[],
+    ));
+    let body = json!({"model": "s", "messages": [{"role": "user", "content": "hi"}]});
+    let quick = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    assert!(quick
+        .post(format!("{}/v1/chat/completions", gw.api))
+        .json(&body)
+        .send()
+        .await
+        .is_err());
+    let until = Instant::now() + Duration::from_secs(2);
+    while a.state.cancelled.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < until,
+            "the upstream call was not cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(b.count(), 0, "no fallback for a client that left");
+    assert_eq!(
+        gauge(&gw.metrics(), "a"),
+        Some(0),
+        "not a breaker failure (threshold is 1)"
+    );
+    a.set(|k| k.latency = Duration::ZERO);
+    let r = ask(&gw, false).await;
+    assert_eq!(r.headers["x-gateway-provider"], "a");
+}
