@@ -477,7 +477,7 @@ async fn attempt(
             .to_owned();
 
         if !(200..300).contains(&status) {
-            let body = upstream::read_all(&mut up, deadline, t.idle, MAX_ERROR_BODY)
+            let body = upstream::read_all(&mut up, deadline, t.idle, deadline, MAX_ERROR_BODY)
                 .await
                 .unwrap_or_default();
             upstream::release(shared, up, &peer).await;
@@ -599,13 +599,14 @@ async fn relay_json(
 ) -> Result<(), Failure> {
     let provider = &target.provider;
     let t0 = Instant::now();
-    let read = upstream::read_all(
-        &mut up,
-        times.first_token_deadline,
-        times.idle,
-        MAX_RESPONSE,
-    )
-    .await;
+    let read = tokio::select! {
+        r = upstream::read_all(&mut up, times.first_token_deadline, times.idle, times.deadline, MAX_RESPONSE) => r,
+        _ = client_gone(session) => {
+            ctx.status = 499;
+            up.shutdown().await;
+            return Ok(());
+        }
+    };
     ctx.upstream_wait += t0.elapsed();
     let body = match read {
         Ok(b) => b,
@@ -1165,7 +1166,8 @@ async fn relay_dify(
 const DRAIN_LIMIT: Duration = Duration::from_millis(500);
 
 async fn drain_and_release(shared: &Shared, mut up: HttpSession, peer: &HttpPeer) {
-    match upstream::read_all(&mut up, Instant::now() + DRAIN_LIMIT, DRAIN_LIMIT, 1 << 20).await {
+    let until = Instant::now() + DRAIN_LIMIT;
+    match upstream::read_all(&mut up, until, DRAIN_LIMIT, until, 1 << 20).await {
         Ok(_) => upstream::release(shared, up, peer).await,
         Err(_) => up.shutdown().await,
     }

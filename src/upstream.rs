@@ -171,15 +171,16 @@ pub enum ReadError {
 }
 
 /// Reads the rest of the body: the first piece by `first_deadline`, then at most `idle` between
-/// pieces. The cap protects memory from a misbehaving upstream.
+/// pieces, all by `overall`. The cap protects memory from a misbehaving upstream.
 pub async fn read_all(
     up: &mut HttpSession,
     first_deadline: Instant,
     idle: Duration,
+    overall: Instant,
     cap: usize,
 ) -> Result<Bytes, ReadError> {
     let mut buf = BytesMut::new();
-    let mut deadline = first_deadline;
+    let mut deadline = first_deadline.min(overall);
     loop {
         match timeout_at(deadline.into(), up.read_body_bytes()).await {
             Err(_) => return Err(ReadError::Timeout),
@@ -190,7 +191,7 @@ pub async fn read_all(
                     return Err(ReadError::TooLarge);
                 }
                 buf.extend_from_slice(&chunk);
-                deadline = Instant::now() + idle;
+                deadline = (Instant::now() + idle).min(overall);
             }
         }
     }
@@ -230,7 +231,7 @@ pub async fn simple_call(
         OpenError::ConnectTimeout | OpenError::Timeout => "timed out".to_owned(),
     })?;
     let status = up.resp_header().map_or(0, |h| h.status.as_u16());
-    let answer = read_all(&mut up, deadline, limit, 1 << 20)
+    let answer = read_all(&mut up, deadline, limit, deadline, 1 << 20)
         .await
         .map_err(|e| match e {
             ReadError::Timeout => "timed out reading the answer".to_owned(),

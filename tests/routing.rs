@@ -174,16 +174,23 @@ async fn primary_failures_fall_back_before_the_first_byte() {
         .local_addr()
         .unwrap()
         .port();
-    for fault in ["503", "refused", "silent"] {
+    for fault in ["503", "refused", "silent", "pings"] {
         let (a, b) = (MockOpenAi::start().await, MockOpenAi::start().await);
         let mut yaml = config(&[&a, &b], "", "", &[]);
         match fault {
             "503" => a.set(|k| k.status = 503),
             "refused" => yaml = yaml.replace(&a.url(), &format!("http://127.0.0.1:{dead_port}/v1")),
+            "pings" => a.set(|k| k.pings_only = true),
             _ => a.set(|k| k.never_answer = true),
         }
         let gw = start_gateway(&yaml);
-        for stream in [false, true] {
+        // An upstream that only pings is a stream-only fault (pings are SSE).
+        let modes: &[bool] = if fault == "pings" {
+            &[true, true]
+        } else {
+            &[false, true]
+        };
+        for &stream in modes {
             let answer = ask(&gw, stream).await;
             well_formed(&answer);
             assert_eq!(answer.status, 200, "{fault}: {}", answer.body);
@@ -435,4 +442,90 @@ async fn a_client_leaving_before_the_first_byte_cancels_the_upstream_call() {
     a.set(|k| k.latency = Duration::ZERO);
     let r = ask(&gw, false).await;
     assert_eq!(r.headers["x-gateway-provider"], "a");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn full_providers_are_skipped_and_unhealthy_cheap_targets_avoided() {
+    // max_concurrency: a provider at its limit is skipped; all full → 503 with Retry-After.
+    let (a, b) = (MockOpenAi::start().await, MockOpenAi::start().await);
+    a.set(|k| k.latency = Duration::from_millis(600));
+    let gw = start_gateway(&config(&[&a, &b], "", ", max_concurrency: 1", &[]));
+    let answers = run_many(&gw, 2, 2).await;
+    answers.iter().for_each(well_formed);
+    let mut providers: Vec<String> = answers
+        .iter()
+        .map(|x| x.headers["x-gateway-provider"].to_str().unwrap().to_owned())
+        .collect();
+    providers.sort();
+    assert_eq!(
+        providers,
+        ["a", "b"],
+        "the second request skipped the full provider"
+    );
+    let solo = start_gateway(&config(&[&a], "", ", max_concurrency: 1", &[]));
+    let answers = run_many(&solo, 2, 2).await;
+    answers.iter().for_each(well_formed);
+    let mut statuses: Vec<u16> = answers.iter().map(|x| x.status).collect();
+    statuses.sort();
+    assert_eq!(statuses, [200, 503]);
+    let busy = answers.iter().find(|x| x.status == 503).unwrap();
+    assert!(busy.body.contains("upstream_unavailable"));
+    assert!(busy.headers.get("retry-after").is_some());
+
+    // cost: the cheapest healthy target; an open breaker moves traffic to the next cheapest.
+    let (x, y) = (MockOpenAi::start().await, MockOpenAi::start().await);
+    y.set(|k| k.status = 500);
+    let costs = [
+        ", cost: { input: 1.0, output: 1.0 }",
+        ", cost: { input: 0.1, output: 0.1 }",
+    ];
+    let gw = start_gateway(&config(
+        &[&x, &y],
+        "    strategy: cost",
+        ", breaker: { failure_threshold: 2, open_for: 60s }",
+        &costs,
+    ));
+    for _ in 0..10 {
+        let r = ask(&gw, false).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.headers["x-gateway-provider"], "a");
+    }
+    assert_eq!(
+        y.count(),
+        2,
+        "the cheap target was tried until its breaker opened"
+    );
+    assert_eq!(x.count(), 10);
+
+    // /ready is 503 while a scenario has no usable target.
+    let (z,) = (MockOpenAi::start().await,);
+    z.set(|k| k.status = 500);
+    let gw = start_gateway(&config(
+        &[&z],
+        "",
+        ", retry: { attempts: 1 }, breaker: { failure_threshold: 1, open_for: 60s }",
+        &[],
+    ));
+    assert_eq!(
+        client()
+            .get(format!("{}/ready", gw.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(ask(&gw, false).await.status, 502);
+    assert_eq!(
+        client()
+            .get(format!("{}/ready", gw.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    let r = ask(&gw, false).await;
+    assert_eq!(r.status, 503, "open breaker: answered without a connect");
+    assert_eq!(z.count(), 1);
 }
