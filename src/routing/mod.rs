@@ -16,7 +16,7 @@ use breaker::{Admission, Breaker};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,10 +41,15 @@ pub struct TargetState {
     rest_until: Mutex<Option<Instant>>,
     inflight: AtomicU32,
     observed: Mutex<Observed>,
+    /// The breaker state last exported, so the gauge is touched only on transitions.
+    published: AtomicI64,
 }
 
 impl TargetState {
     fn publish(&self, metrics: &Metrics, code: i64) {
+        if self.published.swap(code, Ordering::Relaxed) == code {
+            return;
+        }
         metrics
             .circuit_state
             .with_label_values(&[&self.provider, &self.label])
@@ -205,6 +210,7 @@ impl Router {
             rest_until: Mutex::new(None),
             inflight: AtomicU32::new(0),
             observed: Mutex::new(Observed::default()),
+            published: AtomicI64::new(-1),
         });
         s.publish(&self.metrics, 0);
         map.insert(key, s.clone());
