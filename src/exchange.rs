@@ -120,6 +120,17 @@ pub async fn write_json(
     write_full(session, ctx, status, "application/json", body, &[]).await
 }
 
+/// The liveness answer of both listeners.
+pub async fn write_health(session: &mut Session, ctx: &mut RequestCtx) {
+    let _ = write_json(
+        session,
+        ctx,
+        200,
+        Bytes::from_static(b"{\"status\":\"ok\"}"),
+    )
+    .await;
+}
+
 /// Writes `err` in the OpenAI error shape with its status and retry hints.
 pub async fn write_error(
     session: &mut Session,

@@ -128,6 +128,17 @@ fn fail<T>(error: GatewayError) -> Result<T, Failure> {
     Err(Failure::from(error))
 }
 
+/// Counts the attempt's outcome and fails it.
+fn failed<T>(
+    shared: &Shared,
+    provider: &str,
+    outcome: Outcome,
+    error: GatewayError,
+) -> Result<T, Failure> {
+    record(shared, provider, outcome);
+    fail(error)
+}
+
 fn record(shared: &Shared, provider: &str, outcome: Outcome) {
     shared
         .metrics
@@ -425,43 +436,63 @@ async fn attempt(
         let (mut up, peer) = match opened {
             Ok(x) => x,
             Err(OpenError::Connect(e)) => {
-                record(shared, &provider.name, Outcome::ConnectError);
-                return fail(GatewayError::UpstreamError(format!(
-                    "provider {}: {}",
-                    provider.name,
-                    sanitize(&e)
-                )));
+                return failed(
+                    shared,
+                    &provider.name,
+                    Outcome::ConnectError,
+                    GatewayError::UpstreamError(format!(
+                        "provider {}: {}",
+                        provider.name,
+                        sanitize(&e)
+                    )),
+                );
             }
             Err(OpenError::Io(e)) => {
-                record(shared, &provider.name, Outcome::ConnectError);
-                return fail(GatewayError::UpstreamError(format!(
-                    "provider {}: connection failed before an answer: {}",
-                    provider.name,
-                    sanitize(&e)
-                )));
+                return failed(
+                    shared,
+                    &provider.name,
+                    Outcome::ConnectError,
+                    GatewayError::UpstreamError(format!(
+                        "provider {}: connection failed before an answer: {}",
+                        provider.name,
+                        sanitize(&e)
+                    )),
+                );
             }
             Err(OpenError::ConnectTimeout) => {
-                record(shared, &provider.name, Outcome::Timeout);
-                return fail(GatewayError::UpstreamTimeout(format!(
-                    "provider {}: no connection within connect timeout {:?}",
-                    provider.name, t.connect
-                )));
+                return failed(
+                    shared,
+                    &provider.name,
+                    Outcome::Timeout,
+                    GatewayError::UpstreamTimeout(format!(
+                        "provider {}: no connection within connect timeout {:?}",
+                        provider.name, t.connect
+                    )),
+                );
             }
             Err(OpenError::Timeout) => {
-                record(shared, &provider.name, Outcome::Timeout);
-                return fail(GatewayError::UpstreamTimeout(format!(
-                    "provider {} sent no answer within first_token timeout {:?}",
-                    provider.name,
-                    first_token_deadline - start
-                )));
+                return failed(
+                    shared,
+                    &provider.name,
+                    Outcome::Timeout,
+                    GatewayError::UpstreamTimeout(format!(
+                        "provider {} sent no answer within first_token timeout {:?}",
+                        provider.name,
+                        first_token_deadline - start
+                    )),
+                );
             }
         };
         let Some(resp) = up.resp_header() else {
-            record(shared, &provider.name, Outcome::StreamError);
-            return fail(GatewayError::UpstreamError(format!(
-                "provider {}: no response header",
-                provider.name
-            )));
+            return failed(
+                shared,
+                &provider.name,
+                Outcome::StreamError,
+                GatewayError::UpstreamError(format!(
+                    "provider {}: no response header",
+                    provider.name
+                )),
+            );
         };
         let status = resp.status.as_u16();
         let retry_after = resp
@@ -611,26 +642,38 @@ async fn relay_json(
     let body = match read {
         Ok(b) => b,
         Err(ReadError::Timeout) => {
-            record(shared, &provider.name, Outcome::Timeout);
-            return fail(GatewayError::UpstreamTimeout(format!(
-                "provider {} did not finish its answer in time",
-                provider.name
-            )));
+            return failed(
+                shared,
+                &provider.name,
+                Outcome::Timeout,
+                GatewayError::UpstreamTimeout(format!(
+                    "provider {} did not finish its answer in time",
+                    provider.name
+                )),
+            );
         }
         Err(ReadError::Io(e)) => {
-            record(shared, &provider.name, Outcome::StreamError);
-            return fail(GatewayError::UpstreamError(format!(
-                "provider {}: answer cut off: {}",
-                provider.name,
-                sanitize(&e)
-            )));
+            return failed(
+                shared,
+                &provider.name,
+                Outcome::StreamError,
+                GatewayError::UpstreamError(format!(
+                    "provider {}: answer cut off: {}",
+                    provider.name,
+                    sanitize(&e)
+                )),
+            );
         }
         Err(ReadError::TooLarge) => {
-            record(shared, &provider.name, Outcome::StreamError);
-            return fail(GatewayError::UpstreamError(format!(
-                "provider {}: answer larger than {MAX_RESPONSE} bytes",
-                provider.name
-            )));
+            return failed(
+                shared,
+                &provider.name,
+                Outcome::StreamError,
+                GatewayError::UpstreamError(format!(
+                    "provider {}: answer larger than {MAX_RESPONSE} bytes",
+                    provider.name
+                )),
+            );
         }
     };
     record(shared, &provider.name, Outcome::Ok);
@@ -1013,8 +1056,12 @@ async fn relay_dify(
                 ));
                 up.shutdown().await;
                 if !started {
-                    record(shared, &provider.name, Outcome::StreamError);
-                    return fail(GatewayError::UpstreamError(e.to_string()));
+                    return failed(
+                        shared,
+                        &provider.name,
+                        Outcome::StreamError,
+                        GatewayError::UpstreamError(e.to_string()),
+                    );
                 }
                 return finish_with_error(
                     shared,
@@ -1031,8 +1078,7 @@ async fn relay_dify(
             up.shutdown().await;
             let e = GatewayError::UpstreamError(format!("dify provider {}: {e}", provider.name));
             if !started {
-                record(shared, &provider.name, Outcome::StreamError);
-                return fail(e);
+                return failed(shared, &provider.name, Outcome::StreamError, e);
             }
             return finish_with_error(shared, session, &mut out, &provider.name, e, header.take())
                 .await;

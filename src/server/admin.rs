@@ -24,13 +24,7 @@ pub async fn handle(
             Ok(())
         }
         "/health" if get => {
-            let _ = exchange::write_json(
-                session,
-                ctx,
-                200,
-                Bytes::from_static(b"{\"status\":\"ok\"}"),
-            )
-            .await;
+            exchange::write_health(session, ctx).await;
             Ok(())
         }
         "/ready" if get => {

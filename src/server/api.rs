@@ -45,13 +45,7 @@ pub async fn handle(
         }
         ("/v1/models" | "/models", "GET") => models(shared, session, ctx).await,
         ("/health", "GET" | "HEAD") => {
-            let _ = exchange::write_json(
-                session,
-                ctx,
-                200,
-                Bytes::from_static(b"{\"status\":\"ok\"}"),
-            )
-            .await;
+            exchange::write_health(session, ctx).await;
             Ok(())
         }
         ("/v1/chat/completions" | "/chat/completions", _) => Err(route_error(session, "POST")),
