@@ -26,6 +26,8 @@ pub struct RequestCtx {
     pub completion_tokens: Option<u64>,
     /// Whether this request is counted in the request metrics (API routes only).
     pub metered: bool,
+    /// Set when the answer may be cached: the forwarder fills it as the answer is produced.
+    pub capture: Option<crate::cache::Capture>,
 }
 
 impl RequestCtx {
@@ -45,6 +47,7 @@ impl RequestCtx {
             prompt_tokens: None,
             completion_tokens: None,
             metered: false,
+            capture: None,
         }
     }
 }

@@ -325,6 +325,9 @@ pub async fn serve(
         made += 1;
         previous = Some(idx);
         let call = providers::build_call(shared, config, c.target, req, vars).await?;
+        if let Some(c) = &mut ctx.capture {
+            *c = crate::cache::Capture::default();
+        }
         match attempt(shared, session, ctx, c.target, call, &mut guard).await {
             Ok(()) => return Ok(()),
             Err(Failure { error, kind }) => {
@@ -681,6 +684,9 @@ async fn relay_json(
     ctx.ttft = Some(ttft);
     guard.success(ttft);
     take_usage(ctx, &body);
+    if let Some(c) = &mut ctx.capture {
+        capture_json(c, &body);
+    }
     upstream::release(shared, up, peer).await;
     let ct = if content_type.starts_with("text/event-stream") {
         "application/json"
@@ -697,6 +703,71 @@ async fn relay_json(
     Ok(())
 }
 
+/// A complete single-choice `chat.completion` as a cacheable answer.
+fn capture_json(c: &mut crate::cache::Capture, body: &[u8]) {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let choices = v["choices"].as_array().map_or(&[][..], |c| c.as_slice());
+    let [choice] = choices else { return };
+    let (Some(finish), Some(content)) = (
+        choice["finish_reason"].as_str(),
+        choice["message"]["content"].as_str(),
+    ) else {
+        return;
+    };
+    let n = |x: &serde_json::Value| x.as_u64().unwrap_or(0);
+    c.answer = crate::cache::Answer {
+        content: content.to_owned(),
+        reasoning: choice["message"]["reasoning_content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        finish_reason: finish.to_owned(),
+        usage: crate::protocol::chunks::Usage {
+            prompt_tokens: n(&v["usage"]["prompt_tokens"]),
+            completion_tokens: n(&v["usage"]["completion_tokens"]),
+            total_tokens: n(&v["usage"]["total_tokens"]),
+        },
+        model: v["model"].as_str().unwrap_or_default().to_owned(),
+        created: n(&v["created"]),
+    };
+    c.complete = true;
+}
+
+/// Adds one streamed OpenAI chunk to a cacheable answer; multi-choice streams are not cached.
+fn capture_chunk(a: &mut crate::cache::Answer, multi: &mut bool, data: &str) {
+    let v: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
+    let n = |x: &serde_json::Value| x.as_u64().unwrap_or(0);
+    if let Some(m) = v["model"].as_str() {
+        a.model = m.to_owned();
+    }
+    if let Some(c) = v["created"].as_u64() {
+        a.created = c;
+    }
+    if v["usage"].is_object() {
+        a.usage = crate::protocol::chunks::Usage {
+            prompt_tokens: n(&v["usage"]["prompt_tokens"]),
+            completion_tokens: n(&v["usage"]["completion_tokens"]),
+            total_tokens: n(&v["usage"]["total_tokens"]),
+        };
+    }
+    for choice in v["choices"].as_array().map_or(&[][..], |c| c.as_slice()) {
+        if choice["index"].as_u64().unwrap_or(0) != 0 {
+            *multi = true;
+        }
+        let d = &choice["delta"];
+        if d.get("tool_calls").is_some_and(|t| !t.is_null()) {
+            *multi = true; // tool calls are not part of the normalized answer
+        }
+        a.content
+            .push_str(d["content"].as_str().unwrap_or_default());
+        a.reasoning
+            .push_str(d["reasoning_content"].as_str().unwrap_or_default());
+        if let Some(f) = choice["finish_reason"].as_str() {
+            a.finish_reason = f.to_owned();
+        }
+    }
+}
+
 /// Watches a relayed OpenAI stream without altering it: whether it ended properly and what
 /// usage it reported.
 #[derive(Default)]
@@ -709,6 +780,9 @@ struct StreamWatch {
     established: bool,
     /// An in-stream error that arrived before any content.
     early_error: Option<String>,
+    /// The answer rebuilt from the chunks, when it may be cached.
+    answer: Option<crate::cache::Answer>,
+    uncacheable: bool,
 }
 
 /// Whether an OpenAI chunk carries content or ends the answer (the role chunk does neither).
@@ -765,6 +839,9 @@ impl StreamWatch {
             if ev.data.contains("\"usage\"") {
                 take_usage(ctx, ev.data.as_bytes());
             }
+            if let Some(a) = &mut self.answer {
+                capture_chunk(a, &mut self.uncacheable, &ev.data);
+            }
         }
     }
 }
@@ -783,7 +860,13 @@ async fn relay_stream(
     let provider = &target.provider;
     // Hold the client's headers until the first content (or terminal) event: a stream that
     // dies before it is still a clean failover.
-    let mut watch = StreamWatch::default();
+    let mut watch = StreamWatch {
+        answer: ctx
+            .capture
+            .as_ref()
+            .map(|_| crate::cache::Answer::default()),
+        ..Default::default()
+    };
     let mut held = BytesMut::new();
     while !watch.established {
         match next(ctx, session, &mut up, times.first_token_deadline).await {
@@ -905,6 +988,11 @@ async fn relay_stream(
         up.shutdown().await;
     } else {
         upstream::release(shared, up, peer).await;
+        if let (Some(c), Some(a)) = (&mut ctx.capture, watch.answer.take()) {
+            c.complete =
+                watch.done && !watch.broken && !watch.uncacheable && !a.finish_reason.is_empty();
+            c.answer = a;
+        }
     }
     let tail = (!tail.is_empty()).then(|| tail.freeze());
     if session.write_response_body(tail, true).await.is_err() {
@@ -1129,21 +1217,34 @@ async fn relay_dify(
                         Out::Content(text) => {
                             if out.client_stream {
                                 out.pending.extend_from_slice(&out.writer.content(&text));
-                            } else {
-                                out.content.push_str(&text);
                             }
+                            out.content.push_str(&text);
                         }
                         Out::Reasoning(text) => {
                             if out.client_stream {
                                 out.pending.extend_from_slice(&out.writer.reasoning(&text));
-                            } else {
-                                out.reasoning.push_str(&text);
                             }
+                            out.reasoning.push_str(&text);
                         }
                         Out::Finish { reason, usage } => {
                             done = true;
                             out.ctx.prompt_tokens = Some(usage.prompt_tokens);
                             out.ctx.completion_tokens = Some(usage.completion_tokens);
+                            if out.ctx.capture.is_some() {
+                                let content =
+                                    tr.replaced().map_or(out.content.as_str(), |r| r).to_owned();
+                                out.ctx.capture = Some(crate::cache::Capture {
+                                    answer: crate::cache::Answer {
+                                        content,
+                                        reasoning: out.reasoning.clone(),
+                                        finish_reason: reason.to_owned(),
+                                        usage,
+                                        model: out.writer.model.clone(),
+                                        created: out.writer.created,
+                                    },
+                                    complete: true,
+                                });
+                            }
                             if out.client_stream {
                                 out.pending.extend_from_slice(&out.writer.finish(reason));
                                 if out.writer.include_usage {

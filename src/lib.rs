@@ -4,6 +4,7 @@
 //! admin listeners; `main` runs it for the process's lifetime, and [`RunningGateway`] runs it on a
 //! thread with an explicit stop (integration tests, embedding).
 
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod exchange;

@@ -1,7 +1,7 @@
 //! Process-wide state shared by both listeners: the active configuration snapshot (swapped
 //! atomically on reload), metrics, the pooled upstream client and the DNS cache.
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::net::Resolver;
 use arc_swap::ArcSwap;
@@ -37,6 +37,9 @@ pub struct Shared {
     /// Pooled TCP/TLS connections to upstreams (the HTTP/1.1 exchange is `forward`'s).
     pub transport: TransportConnector,
     pub resolver: Resolver,
+    /// Cached answers; kept across reloads (keys carry each scenario's config fingerprint).
+    pub cache: crate::cache::ResponseCache,
+    reload_lock: parking_lot::Mutex<()>,
     /// Dify conversations per (provider, user, session); kept across reloads.
     pub conversations: crate::providers::dify::Conversations,
 }
@@ -45,7 +48,11 @@ impl Shared {
     pub fn new(config: Config) -> Result<Shared, prometheus::Error> {
         let metrics = Arc::new(Metrics::new()?);
         metrics.config_generation.set(1);
+        let cache =
+            crate::cache::ResponseCache::new(config.cache_max_entries, config.cache_max_bytes);
         Ok(Shared {
+            cache,
+            reload_lock: parking_lot::Mutex::new(()),
             state: ArcSwap::from_pointee(RuntimeState::new(config, 1)),
             router: crate::routing::Router::new(metrics.clone()),
             metrics,
@@ -59,4 +66,44 @@ impl Shared {
     pub fn snapshot(&self) -> Arc<RuntimeState> {
         self.state.load_full()
     }
+
+    /// Re-reads the config file; on success swaps it in atomically (requests in flight keep
+    /// theirs). A bad file changes nothing and is returned with every finding.
+    pub fn reload(&self) -> Result<Reloaded, ConfigError> {
+        let _one_at_a_time = self.reload_lock.lock();
+        let current = self.snapshot();
+        match Config::load(&current.config.path) {
+            Ok(cfg) => {
+                let restart_required = cfg.listen != current.config.listen
+                    || cfg.admin_listen != current.config.admin_listen
+                    || cfg.threads != current.config.threads;
+                let generation = current.generation + 1;
+                self.state
+                    .store(Arc::new(RuntimeState::new(cfg, generation)));
+                self.metrics.config_generation.set(generation as i64);
+                self.metrics
+                    .config_reloads_total
+                    .with_label_values(&["ok"])
+                    .inc();
+                Ok(Reloaded {
+                    generation,
+                    restart_required,
+                })
+            }
+            Err(e) => {
+                self.metrics
+                    .config_reloads_total
+                    .with_label_values(&["error"])
+                    .inc();
+                log::warn!("config reload failed; the running config stays:\n{e}");
+                Err(e)
+            }
+        }
+    }
+}
+
+pub struct Reloaded {
+    pub generation: u64,
+    /// Listener or thread changes take effect only after a restart.
+    pub restart_required: bool,
 }

@@ -216,6 +216,45 @@ fn add_template(
     name
 }
 
+/// Hashes what shapes a scenario's answers: each target's upstream (type, URL, app settings),
+/// model, prompt and input template sources, and params. Keys are not part of it.
+fn fingerprint(targets: &[Target], templates: &minijinja::Environment<'static>) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let source = |name: &str| {
+        templates
+            .get_template(name)
+            .map(|t| t.source().to_owned())
+            .unwrap_or_default()
+    };
+    let mut h = Sha256::new();
+    for t in targets {
+        let p = &t.provider;
+        h.update(format!("{}|{:?}|{:?}|{:?}|", p.name, p.kind, p.url, t.model).as_bytes());
+        if let crate::config::ProviderKind::Dify(d) = &p.kind {
+            for name in d.inputs.values() {
+                h.update(source(name).as_bytes());
+            }
+        }
+        h.update(
+            t.system_prompt
+                .as_deref()
+                .map(source)
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+        h.update(
+            serde_json::Value::Object(t.params.clone())
+                .to_string()
+                .as_bytes(),
+        );
+        for (var, name) in &t.inputs {
+            h.update(format!("|{var}={}", source(name)).as_bytes());
+        }
+        h.update(b"\n");
+    }
+    h.finalize().into()
+}
+
 fn build(raw: RawConfig, path: &Path, base_dir: &Path, cx: &mut Ctx) -> Option<Config> {
     let listen = socket_addr(cx, "listen", raw.listen.as_ref(), DEFAULT_LISTEN);
     let admin_listen = socket_addr(
@@ -560,6 +599,7 @@ fn build(raw: RawConfig, path: &Path, base_dir: &Path, cx: &mut Ctx) -> Option<C
                 );
             }
         }
+        let fingerprint = fingerprint(&targets, &templates);
         scenarios.insert(
             name.clone(),
             Scenario {
@@ -569,6 +609,7 @@ fn build(raw: RawConfig, path: &Path, base_dir: &Path, cx: &mut Ctx) -> Option<C
                 strategy,
                 targets,
                 cache_ttl: s.cache.as_ref().map(|c| c.ttl.0),
+                fingerprint,
             },
         );
     }

@@ -183,6 +183,9 @@ pub struct Scenario {
     pub strategy: Strategy,
     pub targets: Vec<Target>,
     pub cache_ttl: Option<Duration>,
+    /// SHA-256 of everything in the scenario that shapes an answer (targets, prompts, params,
+    /// inputs): part of the response-cache key, so a reload that changes them misses.
+    pub fingerprint: [u8; 32],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -7,6 +7,7 @@ use crate::state::Shared;
 use bytes::Bytes;
 use pingora::proxy::Session;
 use serde_json::json;
+use std::sync::atomic::Ordering;
 
 pub async fn handle(
     shared: &Shared,
@@ -18,6 +19,9 @@ pub async fn handle(
     let get = method == "GET" || method == "HEAD";
     match path.as_str() {
         "/metrics" if get => {
+            let (entries, bytes) = shared.cache.size();
+            shared.metrics.cache_entries.set(entries as i64);
+            shared.metrics.cache_bytes.set(bytes as i64);
             let body = Bytes::from(shared.metrics.render());
             let _ =
                 exchange::write_full(session, ctx, 200, prometheus::TEXT_FORMAT, body, &[]).await;
@@ -66,7 +70,47 @@ pub async fn handle(
                     let _ = exchange::write_json(session, ctx, 200, body).await;
                     Ok(())
                 }
-                // config, reload and cache arrive with their issues.
+                ("/admin/cache", true) => {
+                    let (entries, bytes) = shared.cache.size();
+                    let lookups = shared.cache.lookups.load(Ordering::Relaxed);
+                    let hits = shared.cache.hits.load(Ordering::Relaxed);
+                    let body = json!({
+                        "entries": entries,
+                        "bytes": bytes,
+                        "lookups": lookups,
+                        "hits": hits,
+                        "hit_ratio": if lookups == 0 { 0.0 } else { hits as f64 / lookups as f64 },
+                    });
+                    let _ = exchange::write_json(session, ctx, 200, Bytes::from(body.to_string()))
+                        .await;
+                    Ok(())
+                }
+                ("/admin/cache", false) if method == "DELETE" => {
+                    let cleared = shared.cache.clear();
+                    let body = json!({"cleared": cleared}).to_string();
+                    let _ = exchange::write_json(session, ctx, 200, Bytes::from(body)).await;
+                    Ok(())
+                }
+                ("/admin/reload", false) if method == "POST" => {
+                    let (status, body) = match shared.reload() {
+                        Ok(r) => (
+                            200,
+                            json!({"status": "ok", "config_generation": r.generation, "restart_required": r.restart_required}),
+                        ),
+                        Err(e) => (
+                            400,
+                            json!({
+                                "error": {"message": "the config file is invalid; the running config is unchanged", "type": "invalid_request_error", "param": null, "code": "invalid_config"},
+                                "errors": e.0.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+                            }),
+                        ),
+                    };
+                    let _ =
+                        exchange::write_json(session, ctx, status, Bytes::from(body.to_string()))
+                            .await;
+                    Ok(())
+                }
+                // `GET /admin/config` arrives with the operations work.
                 _ => Err(GatewayError::NotFound { method, path }),
             }
         }

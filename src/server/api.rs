@@ -1,5 +1,6 @@
 //! The OpenAI-compatible API listener: `/v1/chat/completions`, `/v1/models`, `/health`.
 
+use crate::cache::{self, Control, Lookup};
 use crate::error::GatewayError;
 use crate::exchange::{self, RequestCtx};
 use crate::filters::{auth, scenario};
@@ -10,6 +11,7 @@ use crate::state::Shared;
 use bytes::Bytes;
 use pingora::proxy::Session;
 use serde_json::json;
+use std::time::Duration;
 
 /// A header as UTF-8 text: profile values carry names in Chinese, which `to_str` (visible
 /// ASCII only) would drop.
@@ -119,5 +121,92 @@ async fn chat(
         scenario: &scenario.name,
         user: req.user.as_deref().unwrap_or(&default_user),
     };
-    forward::serve(shared, session, ctx, config, scenario, &req, &vars).await
+    let Some(ttl) = scenario.cache_ttl else {
+        ctx.cache = "off";
+        return forward::serve(shared, session, ctx, config, scenario, &req, &vars).await;
+    };
+    let lookups = |result: &str| {
+        shared
+            .metrics
+            .cache_lookups_total
+            .with_label_values(&[&scenario.name, result])
+            .inc();
+    };
+    let control = cache::control(header(session, "cache-control"));
+    // A session's turns depend on Dify-side history: never cached.
+    if req.session.is_some() || control == Control::NoStore {
+        ctx.cache = "bypass";
+        lookups("bypass");
+        return forward::serve(shared, session, ctx, config, scenario, &req, &vars).await;
+    }
+    let key = cache::key(scenario, client.map(|c| c.name.as_str()), &req);
+    let flight = match control {
+        Control::Refresh => {
+            ctx.cache = "bypass";
+            lookups("bypass");
+            None
+        }
+        Control::Normal | Control::MaxAge(_) => {
+            let max_age = match control {
+                Control::MaxAge(n) => Some(n),
+                _ => None,
+            };
+            match shared.cache.lookup(&key, max_age) {
+                Lookup::Hit(entry) => {
+                    lookups("hit");
+                    return write_hit(session, ctx, &entry, &req).await;
+                }
+                Lookup::Follow(rx) => {
+                    // Wait for the identical request in flight, as long as a first token may take.
+                    let limit = scenario
+                        .targets
+                        .first()
+                        .map_or(Duration::from_secs(60), |t| t.timeouts.first_token);
+                    if let Some(entry) = cache::follow(rx, limit).await {
+                        lookups("coalesced");
+                        return write_hit(session, ctx, &entry, &req).await;
+                    }
+                    ctx.cache = "miss";
+                    lookups("miss");
+                    None
+                }
+                Lookup::Lead(flight) => {
+                    ctx.cache = "miss";
+                    lookups("miss");
+                    Some(flight)
+                }
+            }
+        }
+        Control::NoStore => None,
+    };
+    ctx.capture = Some(cache::Capture::default());
+    let result = forward::serve(shared, session, ctx, config, scenario, &req, &vars).await;
+    let entry = match ctx.capture.take() {
+        Some(c) if c.complete && result.is_ok() => Some(shared.cache.insert(key, c.answer, ttl)),
+        _ => None,
+    };
+    if let Some(f) = flight {
+        f.finish(entry);
+    }
+    result
+}
+
+/// Answers from the cache: a `chat.completion`, or the answer replayed as an SSE stream.
+async fn write_hit(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    entry: &cache::Entry,
+    req: &ChatRequest,
+) -> Result<(), GatewayError> {
+    ctx.cache = "hit";
+    let id = format!("chatcmpl-{}", ctx.request_id);
+    let body = cache::render(entry, id, req.stream, req.include_usage);
+    let ct = if req.stream {
+        "text/event-stream; charset=utf-8"
+    } else {
+        "application/json"
+    };
+    let age = entry.age().as_secs().to_string();
+    let _ = exchange::write_full(session, ctx, 200, ct, body, &[("age", age)]).await;
+    Ok(())
 }

@@ -1,0 +1,447 @@
+//! The response cache: exact-match answers per (scenario, scenario config, client, canonical
+//! request), bounded by entries and bytes, with a TTL per scenario, client Cache-Control, and
+//! single-flight coalescing of identical concurrent requests.
+//!
+//! Only complete answers are stored (2xx, finished with a finish reason) — never errors,
+//! truncated streams or session requests — in a normalized form that serves both a
+//! `chat.completion` and a replayed SSE stream, whichever way the entry was filled.
+
+use crate::config::Scenario;
+use crate::protocol::chunks::{ChunkWriter, Usage};
+use crate::protocol::ChatRequest;
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+pub type Key = [u8; 32];
+
+/// Request fields that change the answer (besides messages, model and user_profile).
+const KEY_FIELDS: [&str; 18] = [
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "max_completion_tokens",
+    "max_tokens",
+    "n",
+    "parallel_tool_calls",
+    "presence_penalty",
+    "reasoning_effort",
+    "response_format",
+    "seed",
+    "stop",
+    "temperature",
+    "tool_choice",
+    "tools",
+    "top_logprobs",
+    "top_p",
+    "user",
+];
+
+/// A complete answer, normalized.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Answer {
+    pub content: String,
+    pub reasoning: String,
+    pub finish_reason: String,
+    pub usage: Usage,
+    pub model: String,
+    pub created: u64,
+}
+
+impl Answer {
+    fn bytes(&self) -> usize {
+        self.content.len() + self.reasoning.len() + self.model.len() + self.finish_reason.len() + 96
+    }
+}
+
+pub struct Entry {
+    pub answer: Answer,
+    pub stored_at: Instant,
+    ttl: Duration,
+}
+
+impl Entry {
+    pub fn age(&self) -> Duration {
+        self.stored_at.elapsed()
+    }
+}
+
+/// Fills an [`Answer`] while a response is produced; `complete` only when it may be stored.
+#[derive(Debug, Default)]
+pub struct Capture {
+    pub answer: Answer,
+    pub complete: bool,
+}
+
+/// What the client's `Cache-Control` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Normal,
+    /// `no-cache`: skip the lookup, store the fresh answer.
+    Refresh,
+    /// `no-store`: neither read nor write.
+    NoStore,
+    /// `max-age=N`: accept only entries at most N seconds old.
+    MaxAge(u64),
+}
+
+pub fn control(header: Option<&str>) -> Control {
+    let Some(h) = header else {
+        return Control::Normal;
+    };
+    let mut out = Control::Normal;
+    for d in h.split(',').map(|d| d.trim().to_ascii_lowercase()) {
+        match d.as_str() {
+            "no-store" => return Control::NoStore,
+            "no-cache" => out = Control::Refresh,
+            _ => {
+                if let Some(n) = d
+                    .strip_prefix("max-age=")
+                    .and_then(|n| n.trim().parse().ok())
+                {
+                    if out == Control::Normal {
+                        out = Control::MaxAge(n);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn canonical(raw: &str) -> String {
+    // serde_json's map is ordered by key: re-serializing is canonical for key order and
+    // whitespace.
+    serde_json::from_str::<Value>(raw).map_or_else(|_| raw.to_owned(), |v| v.to_string())
+}
+
+/// The cache key of a request (DESIGN §1.7). Stable under key order and whitespace; not
+/// affected by `stream`, `stream_options` or the request id.
+pub fn key(scenario: &Scenario, client: Option<&str>, req: &ChatRequest) -> Key {
+    let mut h = Sha256::new();
+    let mut field = |name: &str, value: &str| {
+        h.update(name.as_bytes());
+        h.update([0]);
+        h.update((value.len() as u64).to_le_bytes());
+        h.update(value.as_bytes());
+    };
+    field("v", "1");
+    field("scenario", &scenario.name);
+    field("fingerprint", &hex(&scenario.fingerprint));
+    field("client", client.unwrap_or("-"));
+    field("model", req.model.as_deref().unwrap_or(""));
+    for m in &req.messages {
+        field("message", &canonical(m.get()));
+    }
+    let mut rest: Vec<(&str, String)> = req
+        .rest
+        .iter()
+        .filter(|(k, _)| KEY_FIELDS.contains(&k.as_str()))
+        .map(|(k, v)| (k.as_str(), canonical(v.get())))
+        .collect();
+    rest.sort();
+    for (k, v) in rest {
+        field(k, &v);
+    }
+    field("user_profile", &req.user_profile.to_string());
+    h.finalize().into()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+struct ByTtl;
+
+impl moka::Expiry<Key, Arc<Entry>> for ByTtl {
+    fn expire_after_create(&self, _: &Key, value: &Arc<Entry>, _: Instant) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// What a lookup found.
+pub enum Lookup {
+    Hit(Arc<Entry>),
+    /// Nobody is computing this answer: the caller leads and must call [`Flight::finish`].
+    Lead(Flight),
+    /// Another request is computing it: wait for that.
+    Follow(watch::Receiver<Option<Arc<Entry>>>),
+}
+
+/// The leader's duty to publish (or withdraw) an answer; dropping it withdraws.
+pub struct Flight {
+    key: Key,
+    cache: Arc<Inner>,
+    tx: Option<watch::Sender<Option<Arc<Entry>>>>,
+}
+
+impl Flight {
+    pub fn finish(mut self, entry: Option<Arc<Entry>>) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(entry);
+        }
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        self.cache.flights.lock().remove(&self.key);
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(None);
+        }
+    }
+}
+
+struct Inner {
+    flights: Mutex<HashMap<Key, watch::Receiver<Option<Arc<Entry>>>>>,
+}
+
+pub struct ResponseCache {
+    store: moka::sync::Cache<Key, Arc<Entry>>,
+    inner: Arc<Inner>,
+    bytes: Arc<AtomicU64>,
+    pub hits: AtomicU64,
+    pub lookups: AtomicU64,
+}
+
+impl ResponseCache {
+    pub fn new(max_entries: u64, max_bytes: u64) -> Self {
+        let bytes = Arc::new(AtomicU64::new(0));
+        let counter = bytes.clone();
+        // One weigher enforces both bounds: an entry weighs at least max_bytes / max_entries,
+        // so no more than max_entries fit, and never less than its size, so bytes stay bounded.
+        let floor = (max_bytes / max_entries.max(1)).max(1);
+        let store = moka::sync::Cache::builder()
+            .max_capacity(max_bytes.max(1))
+            .weigher(move |_: &Key, v: &Arc<Entry>| {
+                u32::try_from((v.answer.bytes() as u64).max(floor)).unwrap_or(u32::MAX)
+            })
+            .expire_after(ByTtl)
+            .eviction_listener(move |_, v: Arc<Entry>, _| {
+                counter.fetch_sub(v.answer.bytes() as u64, Ordering::Relaxed);
+            })
+            .build();
+        ResponseCache {
+            store,
+            inner: Arc::new(Inner {
+                flights: Mutex::new(HashMap::new()),
+            }),
+            bytes,
+            hits: AtomicU64::new(0),
+            lookups: AtomicU64::new(0),
+        }
+    }
+
+    /// A stored entry young enough for `max_age`, else the single-flight role for this key.
+    pub fn lookup(&self, key: &Key, max_age: Option<u64>) -> Lookup {
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        if let Some(e) = self.store.get(key) {
+            if max_age.is_none_or(|m| e.age() <= Duration::from_secs(m)) {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Lookup::Hit(e);
+            }
+        }
+        self.lead_or_follow(key)
+    }
+
+    /// The single-flight role without reading the cache (`no-cache`).
+    pub fn lead_or_follow(&self, key: &Key) -> Lookup {
+        let mut flights = self.inner.flights.lock();
+        if let Some(rx) = flights.get(key) {
+            return Lookup::Follow(rx.clone());
+        }
+        let (tx, rx) = watch::channel(None);
+        flights.insert(*key, rx);
+        Lookup::Lead(Flight {
+            key: *key,
+            cache: self.inner.clone(),
+            tx: Some(tx),
+        })
+    }
+
+    pub fn insert(&self, key: Key, answer: Answer, ttl: Duration) -> Arc<Entry> {
+        self.bytes
+            .fetch_add(answer.bytes() as u64, Ordering::Relaxed);
+        let entry = Arc::new(Entry {
+            answer,
+            stored_at: Instant::now(),
+            ttl,
+        });
+        self.store.insert(key, entry.clone());
+        entry
+    }
+
+    pub fn clear(&self) -> u64 {
+        let n = self.store.entry_count();
+        self.store.invalidate_all();
+        self.store.run_pending_tasks();
+        n
+    }
+
+    /// (entries, bytes) after applying pending evictions.
+    pub fn size(&self) -> (u64, u64) {
+        self.store.run_pending_tasks();
+        (self.store.entry_count(), self.bytes.load(Ordering::Relaxed))
+    }
+}
+
+/// Waits for a leader's answer, at most `limit`.
+pub async fn follow(
+    mut rx: watch::Receiver<Option<Arc<Entry>>>,
+    limit: Duration,
+) -> Option<Arc<Entry>> {
+    let wait = async {
+        loop {
+            if let Some(e) = rx.borrow_and_update().clone() {
+                return Some(e);
+            }
+            if rx.changed().await.is_err() {
+                return rx.borrow().clone();
+            }
+        }
+    };
+    tokio::time::timeout(limit, wait).await.ok().flatten()
+}
+
+/// A cached answer as a response body: one `chat.completion`, or a replayed SSE stream with the
+/// content in several chunks.
+pub fn render(entry: &Entry, id: String, stream: bool, include_usage: bool) -> Bytes {
+    let a = &entry.answer;
+    let w = ChunkWriter {
+        id,
+        created: a.created,
+        model: a.model.clone(),
+        include_usage,
+    };
+    if !stream {
+        return w.completion(&a.content, &a.reasoning, &a.finish_reason, a.usage);
+    }
+    let mut out = BytesMut::new();
+    out.extend_from_slice(&w.role());
+    let piece = |text: &str, out: &mut BytesMut, f: &dyn Fn(&str) -> Bytes| {
+        let chars: Vec<char> = text.chars().collect();
+        for c in chars.chunks(16) {
+            out.extend_from_slice(&f(&c.iter().collect::<String>()));
+        }
+    };
+    piece(&a.reasoning, &mut out, &|t| w.reasoning(t));
+    piece(&a.content, &mut out, &|t| w.content(t));
+    out.extend_from_slice(&w.finish(&a.finish_reason));
+    if include_usage {
+        out.extend_from_slice(&w.usage(a.usage));
+    }
+    out.extend_from_slice(crate::exchange::SSE_DONE);
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::protocol::RequestHints;
+    use std::path::Path;
+
+    fn scenario(prompt: &str) -> Config {
+        let yaml = format!(
+            "providers:\n  p: {{ type: openai, base_url: 'http://x/v1', api_key: k }}\nscenarios:\n  s:\n    cache: {{ ttl: 60s }}\n    targets: [{{ provider: p, model: m, system_prompt: '{prompt}' }}]\n"
+        );
+        Config::from_str_at(&yaml, Path::new("t.yaml")).unwrap()
+    }
+
+    fn req(body: &str) -> ChatRequest {
+        ChatRequest::parse(body.as_bytes(), &RequestHints::default()).unwrap()
+    }
+
+    #[test]
+    fn key_is_canonical_and_covers_what_matters() {
+        let cfg = scenario("a");
+        let s = &cfg.scenarios[0];
+        let k = |body: &str, client: Option<&str>| key(s, client, &req(body));
+        let base = k(
+            r#"{"model":"s","messages":[{"role":"user","content":"hi"}],"temperature":0.5}"#,
+            None,
+        );
+        // Key order, whitespace, stream flags and unrelated fields do not matter.
+        assert_eq!(
+            base,
+            k(
+                r#"{ "temperature": 0.5, "messages": [ {"content":"hi", "role":"user"} ], "model":"s", "stream": true, "stream_options": {"include_usage": true} }"#,
+                None
+            )
+        );
+        // Any of these do.
+        for other in [
+            r#"{"model":"s","messages":[{"role":"user","content":"hi!"}],"temperature":0.5}"#,
+            r#"{"model":"s","messages":[{"role":"user","content":"hi"}],"temperature":0.6}"#,
+            r#"{"model":"s","messages":[{"role":"user","content":"hi"}],"temperature":0.5,"seed":1}"#,
+            r#"{"model":"s","messages":[{"role":"user","content":"hi"}],"temperature":0.5,"metadata":{"user_profile":{"a":1}}}"#,
+            r#"{"model":"alias","messages":[{"role":"user","content":"hi"}],"temperature":0.5}"#,
+        ] {
+            assert_ne!(base, k(other, None), "{other}");
+        }
+        assert_ne!(
+            base,
+            k(
+                r#"{"model":"s","messages":[{"role":"user","content":"hi"}],"temperature":0.5}"#,
+                Some("tenant-b")
+            )
+        );
+        // Another system prompt is another scenario fingerprint.
+        let cfg2 = scenario("b");
+        assert_ne!(
+            base,
+            key(
+                &cfg2.scenarios[0],
+                None,
+                &req(
+                    r#"{"model":"s","messages":[{"role":"user","content":"hi"}],"temperature":0.5}"#
+                )
+            )
+        );
+    }
+
+    #[test]
+    fn cache_control_parsing() {
+        assert_eq!(control(None), Control::Normal);
+        assert_eq!(control(Some("no-cache")), Control::Refresh);
+        assert_eq!(control(Some("max-age=30")), Control::MaxAge(30));
+        assert_eq!(control(Some("no-cache, no-store")), Control::NoStore);
+        assert_eq!(control(Some("No-Cache, max-age=5")), Control::Refresh);
+    }
+
+    #[test]
+    fn byte_bound_and_replay() {
+        let c = ResponseCache::new(100, 1000);
+        let answer = |n: usize| Answer {
+            content: "x".repeat(n),
+            finish_reason: "stop".into(),
+            ..Default::default()
+        };
+        c.insert([1; 32], answer(400), Duration::from_secs(60));
+        c.insert([2; 32], answer(400), Duration::from_secs(60));
+        c.insert([3; 32], answer(400), Duration::from_secs(60));
+        let (entries, bytes) = c.size();
+        assert!(
+            entries <= 2 && bytes <= 1000,
+            "entries {entries} bytes {bytes}"
+        );
+        let e = Entry {
+            answer: answer(40),
+            stored_at: Instant::now(),
+            ttl: Duration::from_secs(1),
+        };
+        let text = String::from_utf8(render(&e, "chatcmpl-x".into(), true, true).to_vec()).unwrap();
+        assert_eq!(
+            text.matches("\"content\":\"x").count(),
+            3,
+            "40 chars in 16-char chunks"
+        );
+        assert!(text.ends_with("data: [DONE]\n\n"));
+    }
+}
