@@ -38,6 +38,9 @@ scenarios:
     targets: [{ provider: mock, model: bench-model }]
   bench-dify:
     targets: [{ provider: dify }]
+  bench-cached:
+    cache: { ttl: 3600s }
+    targets: [{ provider: mock, model: bench-model }]
 YAML
 RUST_LOG=error target/release/ai-gateway -c "$OUT/gateway.yaml" >/dev/null 2>&1 & pids+=($!)
 
@@ -83,6 +86,11 @@ measure() { # name url conns
       measure dify "http://127.0.0.1:$GW_PORT/v1/chat/completions" 1
     BENCH_BODY='{"model":"bench-dify","messages":[{"role":"user","content":"Say hello"}]}' \
       measure dify "http://127.0.0.1:$GW_PORT/v1/chat/completions" "$CONC"
+    # Cache hits (the same request every time; only the very first one reaches the mock).
+    BENCH_BODY='{"model":"bench-cached","messages":[{"role":"user","content":"Say hello"}]}' \
+      measure cached "http://127.0.0.1:$GW_PORT/v1/chat/completions" 1
+    BENCH_BODY='{"model":"bench-cached","messages":[{"role":"user","content":"Say hello"}]}' \
+      measure cached "http://127.0.0.1:$GW_PORT/v1/chat/completions" "$CONC"
   done
 } | tee "$LOG"
 

@@ -64,6 +64,10 @@ pub struct Entry {
     pub answer: Answer,
     pub stored_at: Instant,
     ttl: Duration,
+    /// One id per entry: every hit of it is the same answer.
+    id: String,
+    /// Bodies rendered on first use: a hit is then a copy of bytes, not a serialization.
+    rendered: [std::sync::OnceLock<Bytes>; 3],
 }
 
 impl Entry {
@@ -133,6 +137,7 @@ pub fn key(scenario: &Scenario, client: Option<&str>, req: &ChatRequest) -> Key 
     };
     field("v", "1");
     field("scenario", &scenario.name);
+    // Hex keeps the fingerprint inside the same length-prefixed framing as every field.
     field("fingerprint", &hex(&scenario.fingerprint));
     field("client", client.unwrap_or("-"));
     field("model", req.model.as_deref().unwrap_or(""));
@@ -154,7 +159,32 @@ pub fn key(scenario: &Scenario, client: Option<&str>, req: &ChatRequest) -> Key 
 }
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    use std::fmt::Write;
+    b.iter()
+        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
+}
+
+/// The hash of a request exactly as received (body bytes and the headers that feed the key):
+/// identical repeats of a request skip canonicalization through [`ResponseCache::key_for`].
+pub fn raw_key(
+    scenario: &Scenario,
+    client: Option<&str>,
+    profile_header: Option<&str>,
+    body: &[u8],
+) -> Key {
+    let mut h = Sha256::new();
+    h.update(scenario.name.as_bytes());
+    h.update([0]);
+    h.update(scenario.fingerprint);
+    h.update(client.unwrap_or("-").as_bytes());
+    h.update([0]);
+    h.update(profile_header.unwrap_or("").as_bytes());
+    h.update([0]);
+    h.update(body);
+    h.finalize().into()
 }
 
 struct ByTtl;
@@ -204,6 +234,8 @@ struct Inner {
 
 pub struct ResponseCache {
     store: moka::sync::Cache<Key, Arc<Entry>>,
+    /// Raw request hash → canonical key, for requests repeated byte for byte.
+    canonical: moka::sync::Cache<Key, Key>,
     inner: Arc<Inner>,
     bytes: Arc<AtomicU64>,
     pub hits: AtomicU64,
@@ -229,6 +261,7 @@ impl ResponseCache {
             .build();
         ResponseCache {
             store,
+            canonical: moka::sync::Cache::new(10_000),
             inner: Arc::new(Inner {
                 flights: Mutex::new(HashMap::new()),
             }),
@@ -265,6 +298,16 @@ impl ResponseCache {
         })
     }
 
+    /// The canonical key of a request, computed once per distinct raw request.
+    pub fn key_for(&self, raw: Key, compute: impl FnOnce() -> Key) -> Key {
+        if let Some(k) = self.canonical.get(&raw) {
+            return k;
+        }
+        let k = compute();
+        self.canonical.insert(raw, k);
+        k
+    }
+
     pub fn insert(&self, key: Key, answer: Answer, ttl: Duration) -> Arc<Entry> {
         self.bytes
             .fetch_add(answer.bytes() as u64, Ordering::Relaxed);
@@ -272,6 +315,8 @@ impl ResponseCache {
             answer,
             stored_at: Instant::now(),
             ttl,
+            id: format!("chatcmpl-cache-{}", hex(&key[..12])),
+            rendered: Default::default(),
         });
         self.store.insert(key, entry.clone());
         entry
@@ -311,8 +356,18 @@ pub async fn follow(
 
 /// A cached answer as a response body: one `chat.completion`, or a replayed SSE stream with the
 /// content in several chunks.
-pub fn render(entry: &Entry, id: String, stream: bool, include_usage: bool) -> Bytes {
-    let a = &entry.answer;
+pub fn render(entry: &Entry, stream: bool, include_usage: bool) -> Bytes {
+    let slot = match (stream, include_usage) {
+        (false, _) => 0,
+        (true, false) => 1,
+        (true, true) => 2,
+    };
+    entry.rendered[slot]
+        .get_or_init(|| render_now(&entry.answer, entry.id.clone(), stream, include_usage))
+        .clone()
+}
+
+fn render_now(a: &Answer, id: String, stream: bool, include_usage: bool) -> Bytes {
     let w = ChunkWriter {
         id,
         created: a.created,
@@ -431,12 +486,13 @@ mod tests {
             entries <= 2 && bytes <= 1000,
             "entries {entries} bytes {bytes}"
         );
-        let e = Entry {
-            answer: answer(40),
-            stored_at: Instant::now(),
-            ttl: Duration::from_secs(1),
-        };
-        let text = String::from_utf8(render(&e, "chatcmpl-x".into(), true, true).to_vec()).unwrap();
+        let e = c.insert([9; 32], answer(40), Duration::from_secs(1));
+        let text = String::from_utf8(render(&e, true, true).to_vec()).unwrap();
+        assert_eq!(
+            render(&e, true, true),
+            render(&e, true, true),
+            "rendered once, served as is"
+        );
         assert_eq!(
             text.matches("\"content\":\"x").count(),
             3,

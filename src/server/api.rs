@@ -102,7 +102,6 @@ async fn chat(
     };
     let body = crate::server::read_body(session, config.max_body).await?;
     let req = ChatRequest::parse(&body, &hints)?;
-    drop(body);
     ctx.session = req.session.clone().filter(|s| exchange::echoable(s));
 
     let idx = scenario::resolve(
@@ -139,7 +138,12 @@ async fn chat(
         lookups("bypass");
         return forward::serve(shared, session, ctx, config, scenario, &req, &vars).await;
     }
-    let key = cache::key(scenario, client.map(|c| c.name.as_str()), &req);
+    let client_name = client.map(|c| c.name.as_str());
+    let raw = cache::raw_key(scenario, client_name, hints.user_profile.as_deref(), &body);
+    drop(body);
+    let key = shared
+        .cache
+        .key_for(raw, || cache::key(scenario, client_name, &req));
     let flight = match control {
         Control::Refresh => {
             ctx.cache = "bypass";
@@ -199,8 +203,7 @@ async fn write_hit(
     req: &ChatRequest,
 ) -> Result<(), GatewayError> {
     ctx.cache = "hit";
-    let id = format!("chatcmpl-{}", ctx.request_id);
-    let body = cache::render(entry, id, req.stream, req.include_usage);
+    let body = cache::render(entry, req.stream, req.include_usage);
     let ct = if req.stream {
         "text/event-stream; charset=utf-8"
     } else {
