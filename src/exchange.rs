@@ -28,6 +28,12 @@ pub struct RequestCtx {
     pub metered: bool,
     /// Set when the answer may be cached: the forwarder fills it as the answer is produced.
     pub capture: Option<crate::cache::Capture>,
+    /// Set when client limits count tokens: the content actually delivered to the client.
+    pub delivered: Option<String>,
+    /// The answering target's price, for spend.
+    pub cost: Option<crate::config::Cost>,
+    /// Headers every response of this request carries (rate-limit state).
+    pub extra_headers: Vec<(&'static str, String)>,
 }
 
 impl RequestCtx {
@@ -48,6 +54,9 @@ impl RequestCtx {
             completion_tokens: None,
             metered: false,
             capture: None,
+            delivered: None,
+            cost: None,
+            extra_headers: Vec::new(),
         }
     }
 }
@@ -87,6 +96,9 @@ pub fn response_header(status: u16, ctx: &RequestCtx) -> Result<ResponseHeader, 
     if let Some(s) = &ctx.session {
         h.insert_header("x-gateway-session", s.as_str())
             .map_err(bad)?;
+    }
+    for (k, v) in &ctx.extra_headers {
+        h.insert_header(*k, v.as_str()).map_err(bad)?;
     }
     Ok(h)
 }

@@ -402,6 +402,7 @@ async fn attempt(
     let deadline = start + t.total;
     let first_token_deadline = (start + t.first_token).min(deadline);
     ctx.provider = Some(provider.name.clone());
+    ctx.cost = target.cost;
     let gauge = shared
         .metrics
         .inflight_requests
@@ -687,6 +688,14 @@ async fn relay_json(
     if let Some(c) = &mut ctx.capture {
         capture_json(c, &body);
     }
+    if let Some(d) = &mut ctx.delivered {
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        d.push_str(
+            v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap_or_default(),
+        );
+    }
     upstream::release(shared, up, peer).await;
     let ct = if content_type.starts_with("text/event-stream") {
         "application/json"
@@ -840,7 +849,11 @@ impl StreamWatch {
                 take_usage(ctx, ev.data.as_bytes());
             }
             if let Some(a) = &mut self.answer {
+                let before = a.content.len();
                 capture_chunk(a, &mut self.uncacheable, &ev.data);
+                if let Some(d) = &mut ctx.delivered {
+                    d.push_str(&a.content[before..]);
+                }
             }
         }
     }
@@ -861,10 +874,8 @@ async fn relay_stream(
     // Hold the client's headers until the first content (or terminal) event: a stream that
     // dies before it is still a clean failover.
     let mut watch = StreamWatch {
-        answer: ctx
-            .capture
-            .as_ref()
-            .map(|_| crate::cache::Answer::default()),
+        answer: (ctx.capture.is_some() || ctx.delivered.is_some())
+            .then(crate::cache::Answer::default),
         ..Default::default()
     };
     let mut held = BytesMut::new();
@@ -1219,6 +1230,9 @@ async fn relay_dify(
                                 out.pending.extend_from_slice(&out.writer.content(&text));
                             }
                             out.content.push_str(&text);
+                            if let Some(d) = &mut out.ctx.delivered {
+                                d.push_str(&text);
+                            }
                         }
                         Out::Reasoning(text) => {
                             if out.client_stream {

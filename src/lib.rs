@@ -10,6 +10,7 @@ pub mod error;
 pub mod exchange;
 pub mod filters;
 pub mod forward;
+pub mod limits;
 pub mod metrics;
 pub mod net;
 pub mod protocol;
@@ -50,6 +51,15 @@ pub fn build_server(config: Config) -> Result<(Server, Arc<Shared>), StartError>
         graceful_shutdown_timeout_seconds: Some(5),
         ..Default::default()
     };
+    if config
+        .clients
+        .iter()
+        .flatten()
+        .any(|c| c.tpm.is_some() || c.budget.is_some())
+    {
+        // Loading the tokenizer takes a moment; do it now rather than on the first request.
+        std::thread::spawn(|| limits::count_tokens("warm up"));
+    }
     let listen = config.listen.to_string();
     let admin_listen = config.admin_listen.to_string();
     let shared = Arc::new(Shared::new(config)?);

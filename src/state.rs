@@ -40,6 +40,8 @@ pub struct Shared {
     /// Cached answers; kept across reloads (keys carry each scenario's config fingerprint).
     pub cache: crate::cache::ResponseCache,
     reload_lock: parking_lot::Mutex<()>,
+    /// Client RPM/TPM/budget/concurrency state.
+    pub limits: Box<dyn crate::limits::LimitStore>,
     /// Dify conversations per (provider, user, session); kept across reloads.
     pub conversations: crate::providers::dify::Conversations,
 }
@@ -53,6 +55,7 @@ impl Shared {
         Ok(Shared {
             cache,
             reload_lock: parking_lot::Mutex::new(()),
+            limits: Box::new(crate::limits::MemoryLimits::default()),
             state: ArcSwap::from_pointee(RuntimeState::new(config, 1)),
             router: crate::routing::Router::new(metrics.clone()),
             metrics,

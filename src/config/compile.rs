@@ -741,6 +741,7 @@ fn build(raw: RawConfig, path: &Path, base_dir: &Path, cx: &mut Ctx) -> Option<C
         admin_listen,
         admin_api_key: secret(raw.admin.api_key.as_ref()),
         max_body,
+        completion_estimate: raw.limits.completion_estimate.unwrap_or(512),
         clients,
         providers,
         scenarios,

@@ -230,6 +230,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     pub admin_api_key: Option<Secret>,
     pub max_body: usize,
+    /// Completion tokens reserved for a request without `max_tokens` (TPM and budgets).
+    pub completion_estimate: u64,
     /// `None` = no client authentication (sidecar reached over localhost only).
     pub clients: Option<Vec<Client>>,
     pub providers: IndexMap<String, Arc<Provider>>,

@@ -42,6 +42,8 @@ pub struct RawAdmin {
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub max_body: Option<Size>,
+    /// Completion tokens assumed for TPM/budget reservations when a request sets no max_tokens.
+    pub completion_estimate: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

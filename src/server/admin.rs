@@ -70,6 +70,12 @@ pub async fn handle(
                     let _ = exchange::write_json(session, ctx, 200, body).await;
                     Ok(())
                 }
+                ("/admin/clients", true) => {
+                    let clients = state.config.clients.as_deref().unwrap_or_default();
+                    let body = Bytes::from(shared.limits.snapshot(clients).to_string());
+                    let _ = exchange::write_json(session, ctx, 200, body).await;
+                    Ok(())
+                }
                 ("/admin/cache", true) => {
                     let (entries, bytes) = shared.cache.size();
                     let lookups = shared.cache.lookups.load(Ordering::Relaxed);

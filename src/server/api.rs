@@ -1,10 +1,12 @@
 //! The OpenAI-compatible API listener: `/v1/chat/completions`, `/v1/models`, `/health`.
 
 use crate::cache::{self, Control, Lookup};
+use crate::config::{Client, Config, Scenario};
 use crate::error::GatewayError;
 use crate::exchange::{self, RequestCtx};
 use crate::filters::{auth, scenario};
 use crate::forward;
+use crate::limits::{self, Demand, Used};
 use crate::protocol::{ChatRequest, RequestHints};
 use crate::providers::TemplateVars;
 use crate::state::Shared;
@@ -120,9 +122,115 @@ async fn chat(
         scenario: &scenario.name,
         user: req.user.as_deref().unwrap_or(&default_user),
     };
+
+    // Client limits: reserve before anything is contacted, settle with what was really used.
+    let limited = client.filter(|c| {
+        c.rpm.is_some() || c.tpm.is_some() || c.budget.is_some() || c.max_concurrency.is_some()
+    });
+    let Some(c) = limited else {
+        return answer(
+            shared, session, ctx, config, scenario, client, &req, &hints, body, &vars,
+        )
+        .await;
+    };
+    let counts_tokens = c.tpm.is_some() || c.budget.is_some();
+    let prompt_estimate = if counts_tokens {
+        limits::prompt_tokens(&req.messages)
+    } else {
+        0
+    };
+    let completion_estimate = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|k| req.rest.iter().find(|(n, _)| n == k))
+        .and_then(|(_, v)| v.get().parse::<u64>().ok())
+        .unwrap_or(config.completion_estimate);
+    let demand = Demand {
+        tokens: if counts_tokens {
+            prompt_estimate + completion_estimate
+        } else {
+            0
+        },
+        // The dearest target of the scenario: routing may pick any of them.
+        usd: scenario
+            .targets
+            .iter()
+            .map(|t| limits::usd(t.cost, prompt_estimate, completion_estimate))
+            .fold(0.0, f64::max),
+    };
+    let ticket = match shared.limits.admit(c, demand) {
+        Ok((ticket, headers)) => {
+            ctx.extra_headers = headers;
+            ticket
+        }
+        Err(refusal) => {
+            ctx.extra_headers = refusal.headers;
+            shared
+                .metrics
+                .rate_limited_total
+                .with_label_values(&[&c.name, refusal.limit])
+                .inc();
+            return Err(*refusal.error);
+        }
+    };
+    if counts_tokens {
+        ctx.delivered = Some(String::new());
+    }
+    let result = answer(
+        shared, session, ctx, config, scenario, client, &req, &hints, body, &vars,
+    )
+    .await;
+    // Cache hits and failures before any content cost nothing. Without upstream usage, the
+    // prompt estimate and the text really delivered are charged.
+    let (prompt, completion) = if ctx.cache == "hit" || ctx.ttft.is_none() {
+        (0, 0)
+    } else {
+        match (ctx.prompt_tokens, ctx.completion_tokens) {
+            (Some(p), Some(c)) => (p, c),
+            _ => (
+                prompt_estimate,
+                ctx.delivered.as_deref().map_or(0, limits::count_tokens),
+            ),
+        }
+    };
+    let spent = limits::usd(ctx.cost, prompt, completion);
+    if spent > 0.0 {
+        shared
+            .metrics
+            .spend_usd_total
+            .with_label_values(&[
+                &c.name,
+                &scenario.name,
+                ctx.provider.as_deref().unwrap_or("-"),
+            ])
+            .inc_by(spent);
+    }
+    shared.limits.settle(
+        ticket,
+        Used {
+            tokens: prompt + completion,
+            usd: spent,
+        },
+    );
+    result
+}
+
+/// The answer itself: from the cache, or from the upstreams (storing it when allowed).
+#[allow(clippy::too_many_arguments)]
+async fn answer(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    config: &Config,
+    scenario: &Scenario,
+    client: Option<&Client>,
+    req: &ChatRequest,
+    hints: &RequestHints,
+    body: Bytes,
+    vars: &TemplateVars<'_>,
+) -> Result<(), GatewayError> {
     let Some(ttl) = scenario.cache_ttl else {
         ctx.cache = "off";
-        return forward::serve(shared, session, ctx, config, scenario, &req, &vars).await;
+        return forward::serve(shared, session, ctx, config, scenario, req, vars).await;
     };
     let lookups = |result: &str| {
         shared
@@ -136,14 +244,14 @@ async fn chat(
     if req.session.is_some() || control == Control::NoStore {
         ctx.cache = "bypass";
         lookups("bypass");
-        return forward::serve(shared, session, ctx, config, scenario, &req, &vars).await;
+        return forward::serve(shared, session, ctx, config, scenario, req, vars).await;
     }
     let client_name = client.map(|c| c.name.as_str());
     let raw = cache::raw_key(scenario, client_name, hints.user_profile.as_deref(), &body);
     drop(body);
     let key = shared
         .cache
-        .key_for(raw, || cache::key(scenario, client_name, &req));
+        .key_for(raw, || cache::key(scenario, client_name, req));
     let flight = match control {
         Control::Refresh => {
             ctx.cache = "bypass";
@@ -158,7 +266,7 @@ async fn chat(
             match shared.cache.lookup(&key, max_age) {
                 Lookup::Hit(entry) => {
                     lookups("hit");
-                    return write_hit(session, ctx, &entry, &req).await;
+                    return write_hit(session, ctx, &entry, req).await;
                 }
                 Lookup::Follow(rx) => {
                     // Wait for the identical request in flight, as long as a first token may take.
@@ -168,7 +276,7 @@ async fn chat(
                         .map_or(Duration::from_secs(60), |t| t.timeouts.first_token);
                     if let Some(entry) = cache::follow(rx, limit).await {
                         lookups("coalesced");
-                        return write_hit(session, ctx, &entry, &req).await;
+                        return write_hit(session, ctx, &entry, req).await;
                     }
                     ctx.cache = "miss";
                     lookups("miss");
@@ -184,7 +292,7 @@ async fn chat(
         Control::NoStore => None,
     };
     ctx.capture = Some(cache::Capture::default());
-    let result = forward::serve(shared, session, ctx, config, scenario, &req, &vars).await;
+    let result = forward::serve(shared, session, ctx, config, scenario, req, vars).await;
     let entry = match ctx.capture.take() {
         Some(c) if c.complete && result.is_ok() => Some(shared.cache.insert(key, c.answer, ttl)),
         _ => None,
