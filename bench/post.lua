@@ -1,6 +1,7 @@
 -- wrk script: one chat completion per request; prints one machine-readable RESULT line.
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. (os.getenv("BENCH_KEY") or "bench-free")
 wrk.body = os.getenv("BENCH_BODY") or '{"model":"bench","messages":[{"role":"user","content":"Say hello"}]}'
 
 done = function(summary, latency, requests)

@@ -30,14 +30,25 @@ listen: 127.0.0.1:$GW_PORT
 admin: { listen: 127.0.0.1:$GW_ADMIN }
 threads: 1
 log: { level: warn }
+clients:
+  - { name: bench-free, api_key: bench-free }
+  # Limits far above the bench load: every request pays for admission and settlement.
+  - name: bench-limited
+    api_key: bench-limited
+    rpm: 100000000
+    tpm: 1000000000000
+    budget: { usd: 1000000000, per: day }
 providers:
   mock: { type: openai, base_url: "http://127.0.0.1:$MOCK_PORT/v1", api_key: bench-key }
+  mockpriced: { type: openai, base_url: "http://127.0.0.1:$MOCK_PORT/v1", api_key: bench-key }
   dify: { type: dify, base_url: "http://127.0.0.1:$MOCK_PORT/v1", api_key: app-bench-key, app: chat }
 scenarios:
   bench:
     targets: [{ provider: mock, model: bench-model }]
   bench-dify:
     targets: [{ provider: dify }]
+  bench-priced:
+    targets: [{ provider: mockpriced, model: bench-model, cost: { input: 0.15, output: 0.6 } }]
   bench-cached:
     cache: { ttl: 3600s }
     targets: [{ provider: mock, model: bench-model }]
@@ -86,6 +97,16 @@ measure() { # name url conns
       measure dify "http://127.0.0.1:$GW_PORT/v1/chat/completions" 1
     BENCH_BODY='{"model":"bench-dify","messages":[{"role":"user","content":"Say hello"}]}' \
       measure dify "http://127.0.0.1:$GW_PORT/v1/chat/completions" "$CONC"
+    # The same priced scenario from a client without limits and from one with RPM, TPM and a
+    # budget: the difference is the limiter's cost.
+    BENCH_BODY='{"model":"bench-priced","messages":[{"role":"user","content":"Say hello"}]}' \
+      measure unlimited "http://127.0.0.1:$GW_PORT/v1/chat/completions" 1
+    BENCH_BODY='{"model":"bench-priced","messages":[{"role":"user","content":"Say hello"}]}' \
+      measure unlimited "http://127.0.0.1:$GW_PORT/v1/chat/completions" "$CONC"
+    BENCH_KEY=bench-limited BENCH_BODY='{"model":"bench-priced","messages":[{"role":"user","content":"Say hello"}]}' \
+      measure limited "http://127.0.0.1:$GW_PORT/v1/chat/completions" 1
+    BENCH_KEY=bench-limited BENCH_BODY='{"model":"bench-priced","messages":[{"role":"user","content":"Say hello"}]}' \
+      measure limited "http://127.0.0.1:$GW_PORT/v1/chat/completions" "$CONC"
     # Cache hits (the same request every time; only the very first one reaches the mock).
     BENCH_BODY='{"model":"bench-cached","messages":[{"role":"user","content":"Say hello"}]}' \
       measure cached "http://127.0.0.1:$GW_PORT/v1/chat/completions" 1

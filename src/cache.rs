@@ -77,10 +77,30 @@ impl Entry {
 }
 
 /// Fills an [`Answer`] while a response is produced; `complete` only when it may be stored.
-#[derive(Debug, Default)]
+/// The forwarder commits it the moment it is complete, before the answer's last bytes go out,
+/// so a client's next identical request already finds it.
+#[derive(Default)]
 pub struct Capture {
     pub answer: Answer,
     pub complete: bool,
+    /// Where a complete answer goes (key and TTL).
+    pub slot: Option<(Key, Duration)>,
+    pub stored: Option<Arc<Entry>>,
+}
+
+impl Capture {
+    /// Starts over for another attempt, keeping where to store.
+    pub fn reset(&mut self) {
+        self.answer = Answer::default();
+        self.complete = false;
+    }
+
+    /// Stores the answer if it is complete (once).
+    pub fn commit(&mut self, cache: &ResponseCache) {
+        if let (true, None, Some((key, ttl))) = (self.complete, &self.stored, self.slot) {
+            self.stored = Some(cache.insert(key, self.answer.clone(), ttl));
+        }
+    }
 }
 
 /// What the client's `Cache-Control` asks for.

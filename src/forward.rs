@@ -326,7 +326,7 @@ pub async fn serve(
         previous = Some(idx);
         let call = providers::build_call(shared, config, c.target, req, vars).await?;
         if let Some(c) = &mut ctx.capture {
-            *c = crate::cache::Capture::default();
+            c.reset();
         }
         match attempt(shared, session, ctx, c.target, call, &mut guard).await {
             Ok(()) => return Ok(()),
@@ -687,8 +687,10 @@ async fn relay_json(
     take_usage(ctx, &body);
     if let Some(c) = &mut ctx.capture {
         capture_json(c, &body);
+        c.commit(&shared.cache);
     }
-    if let Some(d) = &mut ctx.delivered {
+    // Only needed to charge an answer whose upstream reported no usage.
+    if let (Some(d), None) = (&mut ctx.delivered, ctx.completion_tokens) {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         d.push_str(
             v["choices"][0]["message"]["content"]
@@ -1003,6 +1005,7 @@ async fn relay_stream(
             c.complete =
                 watch.done && !watch.broken && !watch.uncacheable && !a.finish_reason.is_empty();
             c.answer = a;
+            c.commit(&shared.cache);
         }
     }
     let tail = (!tail.is_empty()).then(|| tail.freeze());
@@ -1244,20 +1247,26 @@ async fn relay_dify(
                             done = true;
                             out.ctx.prompt_tokens = Some(usage.prompt_tokens);
                             out.ctx.completion_tokens = Some(usage.completion_tokens);
-                            if out.ctx.capture.is_some() {
+                            // Remember the conversation before the last bytes go out: the
+                            // session's next turn may follow at once.
+                            if let (Some(key), Some(conv)) =
+                                (&call.conversation_key, &tr.conversation_id)
+                            {
+                                shared.conversations.insert(key.clone(), conv.clone());
+                            }
+                            if let Some(c) = &mut out.ctx.capture {
                                 let content =
                                     tr.replaced().map_or(out.content.as_str(), |r| r).to_owned();
-                                out.ctx.capture = Some(crate::cache::Capture {
-                                    answer: crate::cache::Answer {
-                                        content,
-                                        reasoning: out.reasoning.clone(),
-                                        finish_reason: reason.to_owned(),
-                                        usage,
-                                        model: out.writer.model.clone(),
-                                        created: out.writer.created,
-                                    },
-                                    complete: true,
-                                });
+                                c.answer = crate::cache::Answer {
+                                    content,
+                                    reasoning: out.reasoning.clone(),
+                                    finish_reason: reason.to_owned(),
+                                    usage,
+                                    model: out.writer.model.clone(),
+                                    created: out.writer.created,
+                                };
+                                c.complete = true;
+                                c.commit(&shared.cache);
                             }
                             if out.client_stream {
                                 out.pending.extend_from_slice(&out.writer.finish(reason));
@@ -1303,10 +1312,6 @@ async fn relay_dify(
         }
     }
 
-    // The answer is complete: remember the conversation for the session's next turn.
-    if let (Some(key), Some(conv)) = (&call.conversation_key, &tr.conversation_id) {
-        shared.conversations.insert(key.clone(), conv.clone());
-    }
     if !out.client_stream {
         let body = out.pending.split().freeze();
         if exchange::write_json(session, out.ctx, 200, body)

@@ -71,8 +71,11 @@ pub trait LimitStore: Send + Sync {
 #[derive(Default)]
 struct State {
     requests: VecDeque<Instant>,
-    /// (when, ticket id, tokens): reservations, replaced by real usage when settled.
+    /// (when, ticket id, tokens): reservations, replaced by real usage when settled. Ids grow
+    /// with time, so the log is sorted by id and a settlement finds its entry by binary search.
     tokens: VecDeque<(Instant, u64, u64)>,
+    /// Sum of `tokens`, kept up to date so admission is O(1) at any request rate.
+    tokens_sum: u64,
     period: u64,
     spent: f64,
     reserved: HashMap<u64, f64>,
@@ -88,22 +91,25 @@ impl State {
         {
             self.requests.pop_front();
         }
-        while self
-            .tokens
-            .front()
-            .is_some_and(|t| now.duration_since(t.0) >= WINDOW)
-        {
+        while let Some(&(at, _, n)) = self.tokens.front() {
+            if now.duration_since(at) < WINDOW {
+                break;
+            }
+            self.tokens_sum -= n;
             self.tokens.pop_front();
         }
     }
 
     fn tokens_in_window(&self) -> u64 {
-        self.tokens.iter().map(|t| t.2).sum()
+        self.tokens_sum
     }
 
     /// How long until `needed` tokens fit under `limit`.
     fn tokens_wait(&self, now: Instant, limit: u64, needed: u64) -> Duration {
-        let mut used = self.tokens_in_window();
+        if needed > limit {
+            return WINDOW;
+        }
+        let mut used = self.tokens_sum;
         for (at, _, n) in &self.tokens {
             if used + needed <= limit {
                 break;
@@ -113,11 +119,7 @@ impl State {
                 return (*at + WINDOW).saturating_duration_since(now);
             }
         }
-        if needed > limit {
-            WINDOW
-        } else {
-            Duration::ZERO
-        }
+        Duration::ZERO
     }
 }
 
@@ -320,6 +322,7 @@ impl LimitStore for MemoryLimits {
         }
         if client.tpm.is_some() {
             st.tokens.push_back((now, id, demand.tokens));
+            st.tokens_sum += demand.tokens;
         }
         if let Some(b) = client.budget {
             let need = match b.limit {
@@ -347,8 +350,9 @@ impl LimitStore for MemoryLimits {
             return;
         };
         st.inflight = st.inflight.saturating_sub(1);
-        if let Some(entry) = st.tokens.iter_mut().find(|t| t.1 == ticket.id) {
-            entry.2 = used.tokens;
+        if let Ok(i) = st.tokens.binary_search_by_key(&ticket.id, |t| t.1) {
+            st.tokens_sum = st.tokens_sum - st.tokens[i].2 + used.tokens;
+            st.tokens[i].2 = used.tokens;
         }
         if st.reserved.remove(&ticket.id).is_some() && st.period == ticket.period {
             // Spend lands in the period the request was admitted in.

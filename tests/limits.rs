@@ -60,16 +60,29 @@ fn msg(extra: Value) -> Value {
     b
 }
 
+/// `/admin/clients` once every request has been settled (settlement follows the response).
 async fn clients(gw: &TestGateway) -> Value {
-    reqwest::Client::new()
-        .get(format!("{}/admin/clients", gw.admin))
-        .bearer_auth("admin-key")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let v: Value = reqwest::Client::new()
+            .get(format!("{}/admin/clients", gw.admin))
+            .bearer_auth("admin-key")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let busy = v["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["inflight"].as_u64() != Some(0));
+        if !busy || std::time::Instant::now() > until {
+            return v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -120,6 +133,7 @@ async fn tpm_refuses_at_admission_and_releases_unused_reservations() {
     // 500 reserved, about 20 used: the rest is released, so 900 more fit.
     let r = ask(&gw, "key-a", msg(json!({"max_tokens": 500}))).await;
     assert_eq!(r.status, 200);
+    clients(&gw).await; // settled
     let r = ask(&gw, "key-a", msg(json!({"max_tokens": 900}))).await;
     assert_eq!(
         r.status, 200,
@@ -154,13 +168,15 @@ async fn a_budget_is_spent_at_the_targets_cost() {
         }
         served += 1;
         assert!(served < 10);
+        clients(&gw).await; // settled
     }
     assert_eq!(
         served, 3,
         "3 × $0.027 spent; a 4th (reserving ~$0.03) does not fit in $0.10"
     );
     assert_eq!(mock.count(), 3);
-    let m = gw.metrics();
+    let m = gw
+        .metrics_with(r#"ai_gateway_spend_usd_total{client="a",provider="up",scenario="s"} 0.08"#);
     let spend: f64 = m
         .lines()
         .find_map(|l| {
@@ -183,6 +199,7 @@ async fn a_budget_is_spent_at_the_targets_cost() {
     for _ in 0..5 {
         let r = ask(&gw, "key-a", json!({"model": "cached", "max_tokens": 10, "messages": [{"role": "user", "content": "hello there"}]})).await;
         assert_eq!(r.status, 200);
+        clients(&gw).await;
     }
     let c = clients(&gw).await;
     assert!(

@@ -291,12 +291,12 @@ async fn answer(
         }
         Control::NoStore => None,
     };
-    ctx.capture = Some(cache::Capture::default());
+    ctx.capture = Some(cache::Capture {
+        slot: Some((key, ttl)),
+        ..Default::default()
+    });
     let result = forward::serve(shared, session, ctx, config, scenario, req, vars).await;
-    let entry = match ctx.capture.take() {
-        Some(c) if c.complete && result.is_ok() => Some(shared.cache.insert(key, c.answer, ttl)),
-        _ => None,
-    };
+    let entry = ctx.capture.take().and_then(|c| c.stored);
     if let Some(f) = flight {
         f.finish(entry);
     }

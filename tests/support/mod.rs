@@ -362,6 +362,19 @@ pub struct TestGateway {
 }
 
 impl TestGateway {
+    /// The metrics once they contain `needle`: per-request series are recorded in pingora's
+    /// `logging` hook, just after the client already has its answer.
+    pub fn metrics_with(&self, needle: &str) -> String {
+        let until = std::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            let m = self.metrics();
+            if m.contains(needle) || std::time::Instant::now() > until {
+                return m;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn metrics(&self) -> String {
         let url = format!("{}/metrics", self.admin);
         std::thread::spawn(move || {
