@@ -769,10 +769,17 @@ fn capture_chunk(a: &mut crate::cache::Answer, multi: &mut bool, data: &str) {
         if d.get("tool_calls").is_some_and(|t| !t.is_null()) {
             *multi = true; // tool calls are not part of the normalized answer
         }
-        a.content
-            .push_str(d["content"].as_str().unwrap_or_default());
-        a.reasoning
-            .push_str(d["reasoning_content"].as_str().unwrap_or_default());
+        let (text, thought) = (
+            d["content"].as_str().unwrap_or_default(),
+            d["reasoning_content"].as_str().unwrap_or_default(),
+        );
+        // Past the cap the answer is neither cached nor kept: memory stays bounded.
+        if a.content.len() + a.reasoning.len() + text.len() + thought.len() > MAX_RESPONSE {
+            *multi = true;
+            continue;
+        }
+        a.content.push_str(text);
+        a.reasoning.push_str(thought);
         if let Some(f) = choice["finish_reason"].as_str() {
             a.finish_reason = f.to_owned();
         }
@@ -1045,6 +1052,8 @@ struct DifyOut<'a> {
     headers_sent: bool,
     content: String,
     reasoning: String,
+    /// The answer grew past MAX_RESPONSE: no longer kept (a non-stream answer fails).
+    overflow: bool,
     pending: BytesMut,
     ctx: &'a mut RequestCtx,
 }
@@ -1100,6 +1109,7 @@ async fn relay_dify(
         headers_sent: false,
         content: String::new(),
         reasoning: String::new(),
+        overflow: false,
         pending: BytesMut::new(),
         ctx,
     };
@@ -1232,19 +1242,34 @@ async fn relay_dify(
                             if out.client_stream {
                                 out.pending.extend_from_slice(&out.writer.content(&text));
                             }
-                            out.content.push_str(&text);
-                            if let Some(d) = &mut out.ctx.delivered {
-                                d.push_str(&text);
+                            if out.content.len() + out.reasoning.len() + text.len() > MAX_RESPONSE {
+                                out.overflow = true;
+                            } else {
+                                out.content.push_str(&text);
+                                if let Some(d) = &mut out.ctx.delivered {
+                                    d.push_str(&text);
+                                }
                             }
                         }
                         Out::Reasoning(text) => {
                             if out.client_stream {
                                 out.pending.extend_from_slice(&out.writer.reasoning(&text));
                             }
-                            out.reasoning.push_str(&text);
+                            if out.content.len() + out.reasoning.len() + text.len() > MAX_RESPONSE {
+                                out.overflow = true;
+                            } else {
+                                out.reasoning.push_str(&text);
+                            }
                         }
                         Out::Finish { reason, usage } => {
                             done = true;
+                            if out.overflow && !out.client_stream {
+                                up.shutdown().await;
+                                return fail(GatewayError::UpstreamError(format!(
+                                    "dify provider {}: answer larger than {MAX_RESPONSE} bytes",
+                                    provider.name
+                                )));
+                            }
                             out.ctx.prompt_tokens = Some(usage.prompt_tokens);
                             out.ctx.completion_tokens = Some(usage.completion_tokens);
                             // Remember the conversation before the last bytes go out: the
@@ -1254,7 +1279,7 @@ async fn relay_dify(
                             {
                                 shared.conversations.insert(key.clone(), conv.clone());
                             }
-                            if let Some(c) = &mut out.ctx.capture {
+                            if let Some(c) = out.ctx.capture.as_mut().filter(|_| !out.overflow) {
                                 let content =
                                     tr.replaced().map_or(out.content.as_str(), |r| r).to_owned();
                                 c.answer = crate::cache::Answer {
