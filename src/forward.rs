@@ -34,6 +34,8 @@ use tokio::time::timeout_at;
 
 /// The largest non-streamed answer the gateway holds in memory.
 const MAX_RESPONSE: usize = 64 << 20;
+/// The most stream bytes held back (role chunks, comments) while waiting for the first content.
+const MAX_HELD: usize = 1 << 20;
 /// The largest upstream error body read to extract a message.
 const MAX_ERROR_BODY: usize = 64 << 10;
 /// How long a Dify stop call may take after the client left.
@@ -893,6 +895,18 @@ async fn relay_stream(
             Step::Chunk(chunk) => {
                 watch.feed(ctx, &chunk);
                 held.extend_from_slice(&chunk);
+                if held.len() > MAX_HELD {
+                    up.shutdown().await;
+                    return failed(
+                        shared,
+                        &provider.name,
+                        Outcome::StreamError,
+                        GatewayError::UpstreamError(format!(
+                            "provider {}: more than {MAX_HELD} bytes of stream before any content",
+                            provider.name
+                        )),
+                    );
+                }
                 if let Some(e) = watch.early_error.take() {
                     record(shared, &provider.name, Outcome::StreamError);
                     up.shutdown().await;
