@@ -14,7 +14,7 @@ command -v python3 >/dev/null 2>&1 || apt_install python3
 ROUNDS=${1:-3}
 SECS=${2:-5}
 CONC=${BENCH_CONCURRENCY:-32}
-MOCK_PORT=18081 GW_PORT=18080 GW_ADMIN=19090 NGINX_PORT=18082
+MOCK_PORT=18081 GW_PORT=18080 GW_ADMIN=19090 NGINX_PORT=18082 LOGGED_PORT=18083 LOGGED_ADMIN=19091
 OUT=bench/results
 mkdir -p "$OUT"
 LOG="$OUT/run-$(date +%Y%m%d-%H%M%S).txt"
@@ -54,8 +54,14 @@ scenarios:
     targets: [{ provider: mock, model: bench-model }]
 YAML
 RUST_LOG=error target/release/ai-gateway -c "$OUT/gateway.yaml" >/dev/null 2>&1 & pids+=($!)
+# The same gateway with its JSON access log on, written to a file: the log's cost per request.
+sed -e "s/$GW_PORT/$LOGGED_PORT/; s/$GW_ADMIN/$LOGGED_ADMIN/; s/level: warn/level: info/" \
+  "$OUT/gateway.yaml" > "$OUT/gateway-logged.yaml"
+RUST_LOG=error,access=info target/release/ai-gateway -c "$OUT/gateway-logged.yaml" \
+  >"$OUT/access.log" 2>/dev/null & pids+=($!)
 
-paths=("direct http://127.0.0.1:$MOCK_PORT/v1/chat/completions" "gateway http://127.0.0.1:$GW_PORT/v1/chat/completions")
+paths=("direct http://127.0.0.1:$MOCK_PORT/v1/chat/completions" "gateway http://127.0.0.1:$GW_PORT/v1/chat/completions"
+       "logged http://127.0.0.1:$LOGGED_PORT/v1/chat/completions")
 if command -v nginx >/dev/null 2>&1; then
   mkdir -p "$OUT/nginx"
   cat > "$OUT/nginx/nginx.conf" <<NGINX
@@ -78,7 +84,7 @@ NGINX
   paths+=("nginx http://127.0.0.1:$NGINX_PORT/v1/chat/completions")
 fi
 
-for port in $MOCK_PORT $GW_PORT; do
+for port in $MOCK_PORT $GW_PORT $LOGGED_PORT; do
   for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 done
 sleep 0.5

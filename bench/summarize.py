@@ -16,7 +16,7 @@ for line in open(log):
 def med(key, i):
     return statistics.median(r[i] for r in rows[key])
 
-order = ["direct", "gateway", "nginx", "dify", "cached", "unlimited", "limited"]
+order = ["direct", "gateway", "logged", "nginx", "dify", "cached", "unlimited", "limited"]
 names = sorted({k[0] for k in rows}, key=lambda n: order.index(n) if n in order else 9)
 print(f"\n{'path':8} {'c=1 p50':>9} {'c=1 p99':>9} {'added p50':>10} {'added p99':>10} {'c=' + conc + ' rps':>10} {'rps ratio':>9} {'errors':>6}")
 for n in names:
@@ -35,6 +35,11 @@ if ("dify", int(conc)) in rows:
 if ("cached", 1) in rows:
     print(f"cache hit at c=1: p50 {med(('cached', 1), 0)}us vs direct-to-mock p50 {med(('direct', 1), 0)}us; "
           f"hits max RPS {med(('cached', int(conc)), 2):.0f} vs direct {med(('direct', int(conc)), 2):.0f}")
+
+if ("logged", 1) in rows:
+    print(f"JSON access log on (to a file): c=1 p50 {med(('logged', 1), 0)}us p99 {med(('logged', 1), 1)}us vs "
+          f"off p50 {med(('gateway', 1), 0)}us p99 {med(('gateway', 1), 1)}us; max RPS {med(('logged', int(conc)), 2):.0f} "
+          f"vs {med(('gateway', int(conc)), 2):.0f}")
 
 if ("limited", 1) in rows:
     print(f"client limits (rpm+tpm+budget) at c=1: p50 {med(('limited', 1), 0)}us p99 {med(('limited', 1), 1)}us "

@@ -62,6 +62,9 @@ pub enum GatewayError {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    /// The shutdown grace period ended while this answer was still open.
+    #[error("the gateway is shutting down and ended this answer at its grace deadline")]
+    ShuttingDown,
 }
 
 impl GatewayError {
@@ -69,6 +72,26 @@ impl GatewayError {
         GatewayError::InvalidRequest {
             message: message.into(),
             param: param.map(str::to_owned),
+        }
+    }
+
+    /// Replaces every occurrence of the given secrets in the error's text with `***`: an
+    /// upstream may echo a key the heuristics of `forward::sanitize` do not recognise.
+    pub fn scrub(&mut self, secrets: &[&str]) {
+        use GatewayError::*;
+        let text = match self {
+            InvalidJson(m) | ModelNotFound(m) | UpstreamError(m) | StreamIncomplete(m)
+            | UpstreamTimeout(m) | Internal(m) => m,
+            InvalidRequest { message, .. }
+            | UpstreamUnavailable { message, .. }
+            | UpstreamClientError { message, .. }
+            | Mapped { message, .. } => message,
+            _ => return,
+        };
+        for s in secrets.iter().filter(|s| s.len() >= 4) {
+            if text.contains(*s) {
+                *text = text.replace(*s, "***");
+            }
         }
     }
 
@@ -82,7 +105,7 @@ impl GatewayError {
             MethodNotAllowed { .. } => 405,
             RequestTooLarge { .. } => 413,
             UpstreamError(_) | StreamIncomplete(_) => 502,
-            UpstreamUnavailable { .. } => 503,
+            UpstreamUnavailable { .. } | ShuttingDown => 503,
             UpstreamTimeout(_) => 504,
             UpstreamClientError { status, .. } | Mapped { status, .. } => *status,
             Internal(_) => 500,
@@ -108,6 +131,7 @@ impl GatewayError {
             UpstreamClientError { code, .. } => code.as_deref().unwrap_or("upstream_client_error"),
             Mapped { code, .. } => code,
             Internal(_) => "internal_error",
+            ShuttingDown => "shutting_down",
         }
     }
 
@@ -120,6 +144,7 @@ impl GatewayError {
             | StreamIncomplete(_)
             | UpstreamUnavailable { .. }
             | UpstreamTimeout(_)
+            | ShuttingDown
             | Internal(_) => "api_error",
             UpstreamClientError { error_type, .. } => {
                 error_type.as_deref().unwrap_or("invalid_request_error")

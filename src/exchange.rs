@@ -34,6 +34,17 @@ pub struct RequestCtx {
     pub cost: Option<crate::config::Cost>,
     /// Headers every response of this request carries (rate-limit state).
     pub extra_headers: Vec<(&'static str, String)>,
+    /// USD charged to a limited client (with estimates where the upstream reported no usage);
+    /// `None` = computed from usage and cost when metrics are recorded.
+    pub spent: Option<f64>,
+    /// Whether the client asked for a stream (access log).
+    pub stream: Option<bool>,
+    /// The error code answered, if the request failed (access log).
+    pub error: Option<String>,
+    /// Fires at the shutdown grace deadline: open answers end now.
+    pub drain: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Holds the request in the in-flight count until the context is dropped.
+    pub inflight: Option<crate::lifecycle::InFlight>,
 }
 
 impl RequestCtx {
@@ -57,6 +68,11 @@ impl RequestCtx {
             delivered: None,
             cost: None,
             extra_headers: Vec::new(),
+            spent: None,
+            stream: None,
+            error: None,
+            drain: None,
+            inflight: None,
         }
     }
 }
@@ -152,6 +168,7 @@ pub async fn write_error(
     ctx: &mut RequestCtx,
     err: &GatewayError,
 ) -> pingora::Result<()> {
+    ctx.error = Some(err.code().chars().take(64).collect());
     let mut extra = Vec::new();
     if let Some(secs) = err.retry_after() {
         extra.push(("retry-after", secs.to_string()));

@@ -234,6 +234,8 @@ enum Step {
     Failed(String),
     TimedOut,
     ClientGone,
+    /// The shutdown grace deadline passed.
+    Draining,
 }
 
 /// Waits for the next upstream piece until `until`, watching for the client leaving.
@@ -252,6 +254,7 @@ async fn next(
             Err(_) => Step::TimedOut,
         },
         _ = client_gone(session) => Step::ClientGone,
+        _ = crate::lifecycle::deadline_passed(&mut ctx.drain) => Step::Draining,
     };
     ctx.upstream_wait += t0.elapsed();
     step
@@ -332,7 +335,8 @@ pub async fn serve(
         }
         match attempt(shared, session, ctx, c.target, call, &mut guard).await {
             Ok(()) => return Ok(()),
-            Err(Failure { error, kind }) => {
+            Err(Failure { mut error, kind }) => {
+                error.scrub(&config.secrets());
                 let text = error.to_string();
                 match kind {
                     FailKind::Final => return Err(*error),
@@ -437,6 +441,7 @@ async fn attempt(
                 ctx.status = 499;
                 return Ok(());
             }
+            _ = crate::lifecycle::deadline_passed(&mut ctx.drain) => return fail(GatewayError::ShuttingDown),
         };
         ctx.upstream_wait += t0.elapsed();
         let (mut up, peer) = match opened {
@@ -642,6 +647,10 @@ async fn relay_json(
             ctx.status = 499;
             up.shutdown().await;
             return Ok(());
+        }
+        _ = crate::lifecycle::deadline_passed(&mut ctx.drain) => {
+            up.shutdown().await;
+            return fail(GatewayError::ShuttingDown);
         }
     };
     ctx.upstream_wait += t0.elapsed();
@@ -939,6 +948,10 @@ async fn relay_stream(
                 up.shutdown().await;
                 return Ok(());
             }
+            Step::Draining => {
+                up.shutdown().await;
+                return fail(GatewayError::ShuttingDown);
+            }
         }
     }
     record(shared, &provider.name, Outcome::Ok);
@@ -985,6 +998,15 @@ async fn relay_stream(
                 up.shutdown().await;
                 return Ok(());
             }
+            Step::Draining if watch.done => {
+                // Everything was delivered; only the upstream's end of body was outstanding.
+                up.shutdown().await;
+                if session.write_response_body(None, true).await.is_err() {
+                    ctx.status = 499;
+                }
+                return Ok(());
+            }
+            Step::Draining => break Some(GatewayError::ShuttingDown),
             Step::Eof if watch.done => break None,
             Step::Eof => {
                 break Some(GatewayError::StreamIncomplete(format!(
@@ -1015,6 +1037,7 @@ async fn relay_stream(
     let mut tail = BytesMut::new();
     if let Some(err) = &failure {
         record(shared, &provider.name, Outcome::StreamError);
+        ctx.error = Some(err.code().to_owned());
         tail.extend_from_slice(&err.sse_event());
         if !watch.done {
             tail.extend_from_slice(SSE_DONE);
@@ -1142,6 +1165,22 @@ async fn relay_dify(
                 up.shutdown().await;
                 stop_dify_task(shared, target, &call, tr.task_id.as_deref()).await;
                 return Ok(());
+            }
+            Step::Draining => {
+                up.shutdown().await;
+                stop_dify_task(shared, target, &call, tr.task_id.as_deref()).await;
+                if !started {
+                    return fail(GatewayError::ShuttingDown);
+                }
+                return finish_with_error(
+                    shared,
+                    session,
+                    &mut out,
+                    &provider.name,
+                    GatewayError::ShuttingDown,
+                    header.take(),
+                )
+                .await;
             }
             Step::TimedOut if !started => {
                 record(shared, &provider.name, Outcome::Timeout);
@@ -1418,6 +1457,7 @@ async fn finish_with_error(
             return Ok(());
         }
     }
+    out.ctx.error = Some(err.code().to_owned());
     out.pending.extend_from_slice(&err.sse_event());
     out.pending.extend_from_slice(SSE_DONE);
     let bytes = out.pending.split().freeze();

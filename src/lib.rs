@@ -4,17 +4,20 @@
 //! admin listeners; `main` runs it for the process's lifetime, and [`RunningGateway`] runs it on a
 //! thread with an explicit stop (integration tests, embedding).
 
+pub mod access_log;
 pub mod cache;
 pub mod config;
 pub mod error;
 pub mod exchange;
 pub mod filters;
 pub mod forward;
+pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod net;
 pub mod protocol;
 pub mod providers;
+pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod state;
@@ -40,14 +43,35 @@ pub enum StartError {
     Thread(#[from] std::io::Error),
 }
 
-/// Builds the pingora server for `config`; the caller runs it.
+/// What a gateway does besides serving, beyond what gateway.yaml says.
+#[derive(Default)]
+pub struct Options {
+    /// Where access-log lines go; disabled by default.
+    pub access_log: access_log::AccessLog,
+    /// Reload when the config file or a prompt file changes.
+    pub watch_config: bool,
+    /// Reload on SIGHUP (only for the process's own gateway: signals are process-wide).
+    pub sighup: bool,
+}
+
+/// Builds the pingora server for `config` with default [`Options`]; the caller runs it.
 pub fn build_server(config: Config) -> Result<(Server, Arc<Shared>), StartError> {
+    build_server_with(config, Options::default())
+}
+
+/// Builds the pingora server for `config`; the caller runs it.
+pub fn build_server_with(
+    config: Config,
+    options: Options,
+) -> Result<(Server, Arc<Shared>), StartError> {
     let threads = config
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let conf = ServerConf {
         threads,
-        grace_period_seconds: Some(config.grace_period.as_secs()),
+        // The drain (lifecycle.rs) ends the process within the configured grace period; pingora's
+        // own, longer one only matters if that drain could not run.
+        grace_period_seconds: Some(config.grace_period.as_secs() + 10),
         graceful_shutdown_timeout_seconds: Some(5),
         ..Default::default()
     };
@@ -62,7 +86,7 @@ pub fn build_server(config: Config) -> Result<(Server, Arc<Shared>), StartError>
     }
     let listen = config.listen.to_string();
     let admin_listen = config.admin_listen.to_string();
-    let shared = Arc::new(Shared::new(config)?);
+    let shared = Arc::new(Shared::new(config, options.access_log)?);
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let mut api = pingora::proxy::http_proxy_service_with_name(
@@ -86,6 +110,17 @@ pub fn build_server(config: Config) -> Result<(Server, Arc<Shared>), StartError>
     admin.threads = Some(1);
     server.add_service(api);
     server.add_service(admin);
+    if options.watch_config || options.sighup {
+        let watcher = reload::ConfigWatcher {
+            shared: shared.clone(),
+            files: options.watch_config,
+            sighup: options.sighup,
+        };
+        server.add_service(pingora::services::background::background_service(
+            "config watcher",
+            watcher,
+        ));
+    }
     Ok((server, shared))
 }
 
@@ -111,9 +146,13 @@ pub struct RunningGateway {
 impl RunningGateway {
     /// Starts the gateway and returns once both listeners accept connections.
     pub fn start(config: Config) -> Result<RunningGateway, StartError> {
+        Self::start_with(config, Options::default())
+    }
+
+    pub fn start_with(config: Config, options: Options) -> Result<RunningGateway, StartError> {
         let api_addr = config.listen;
         let admin_addr = config.admin_listen;
-        let (server, shared) = build_server(config)?;
+        let (server, shared) = build_server_with(config, options)?;
         let stop = Arc::new(tokio::sync::Notify::new());
         let watch = NotifyWatch(stop.clone());
         let thread = std::thread::Builder::new()

@@ -44,10 +44,16 @@ pub struct Shared {
     pub limits: Box<dyn crate::limits::LimitStore>,
     /// Dify conversations per (provider, user, session); kept across reloads.
     pub conversations: crate::providers::dify::Conversations,
+    /// Requests in flight and the graceful stop.
+    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    pub access_log: crate::access_log::AccessLog,
 }
 
 impl Shared {
-    pub fn new(config: Config) -> Result<Shared, prometheus::Error> {
+    pub fn new(
+        config: Config,
+        access_log: crate::access_log::AccessLog,
+    ) -> Result<Shared, prometheus::Error> {
         let metrics = Arc::new(Metrics::new()?);
         metrics.config_generation.set(1);
         let cache =
@@ -62,6 +68,8 @@ impl Shared {
             transport: TransportConnector::new(None),
             resolver: Resolver::default(),
             conversations: crate::providers::dify::new_conversations(),
+            lifecycle: Arc::default(),
+            access_log,
         })
     }
 
@@ -71,8 +79,9 @@ impl Shared {
     }
 
     /// Re-reads the config file; on success swaps it in atomically (requests in flight keep
-    /// theirs). A bad file changes nothing and is returned with every finding.
-    pub fn reload(&self) -> Result<Reloaded, ConfigError> {
+    /// theirs). A bad file changes nothing and is returned with every finding. `trigger` names
+    /// the cause in the log (file change, SIGHUP, admin API).
+    pub fn reload(&self, trigger: &str) -> Result<Reloaded, ConfigError> {
         let _one_at_a_time = self.reload_lock.lock();
         let current = self.snapshot();
         match Config::load(&current.config.path) {
@@ -81,8 +90,17 @@ impl Shared {
                     || cfg.admin_listen != current.config.admin_listen
                     || cfg.threads != current.config.threads;
                 let generation = current.generation + 1;
+                for w in &cfg.warnings {
+                    log::warn!("{w}");
+                }
+                self.router.retain(&cfg);
                 self.state
                     .store(Arc::new(RuntimeState::new(cfg, generation)));
+                if restart_required {
+                    log::warn!("config reloaded ({trigger}), generation {generation}; listener or thread changes need a restart");
+                } else {
+                    log::info!("config reloaded ({trigger}), generation {generation}");
+                }
                 self.metrics.config_generation.set(generation as i64);
                 self.metrics
                     .config_reloads_total
@@ -98,7 +116,7 @@ impl Shared {
                     .config_reloads_total
                     .with_label_values(&["error"])
                     .inc();
-                log::warn!("config reload failed; the running config stays:\n{e}");
+                log::error!("config reload ({trigger}) failed; the running config stays:\n{e}");
                 Err(e)
             }
         }

@@ -12,20 +12,33 @@ const DEFAULT_MAX_BODY: u64 = 8 << 20;
 struct Ctx {
     file: String,
     diags: Vec<Diagnostic>,
+    positions: super::positions::Positions,
+    /// Files read besides the config itself (prompt files), for the reload watcher.
+    sources: Vec<PathBuf>,
 }
 
 impl Ctx {
+    /// `file:line:column: key.path` when the path (or its parent) is in the file.
+    fn locate(&self, path: &dyn fmt::Display) -> String {
+        let path = path.to_string();
+        match super::positions::find(&self.positions, &path) {
+            Some((line, col)) => format!("{}:{line}:{col}: {path}", self.file),
+            None => format!("{}: {path}", self.file),
+        }
+    }
     fn error(&mut self, path: impl fmt::Display, message: impl Into<String>) {
+        let location = self.locate(&path);
         self.diags.push(Diagnostic {
             severity: Severity::Error,
-            location: format!("{}: {path}", self.file),
+            location,
             message: message.into(),
         });
     }
     fn warn(&mut self, path: impl fmt::Display, message: impl Into<String>) {
+        let location = self.locate(&path);
         self.diags.push(Diagnostic {
             severity: Severity::Warning,
-            location: format!("{}: {path}", self.file),
+            location,
             message: message.into(),
         });
     }
@@ -64,6 +77,8 @@ pub(super) fn compile(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let mut cx = Ctx {
         file,
         diags: Vec::new(),
+        positions: super::positions::index(text),
+        sources: Vec::new(),
     };
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let config = build(raw, path, &base_dir, &mut cx);
@@ -73,6 +88,7 @@ pub(super) fn compile(text: &str, path: &Path) -> Result<Config, ConfigError> {
     match config {
         Some(mut c) => {
             c.warnings = cx.diags;
+            c.sources.extend(cx.sources);
             Ok(c)
         }
         None => Err(ConfigError(cx.diags)),
@@ -109,6 +125,14 @@ fn parse_url(cx: &mut Ctx, key: &str, text: &str) -> Option<UpstreamUrl> {
             return None;
         }
     };
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        // The URL is not echoed: it holds a credential.
+        cx.error(
+            key,
+            "must not carry credentials (user:password@); use api_key",
+        );
+        return None;
+    }
     let tls = match uri.scheme_str() {
         Some("https") => true,
         Some("http") => false,
@@ -507,6 +531,7 @@ fn build(raw: RawConfig, path: &Path, base_dir: &Path, cx: &mut Ctx) -> Option<C
                 (Some(p), None) => Some(p.clone()),
                 (None, Some(file)) => {
                     let full = base_dir.join(file);
+                    cx.sources.push(full.clone());
                     match std::fs::read_to_string(&full) {
                         Ok(text) => Some(text),
                         Err(e) => {
@@ -757,6 +782,7 @@ fn build(raw: RawConfig, path: &Path, base_dir: &Path, cx: &mut Ctx) -> Option<C
             .map_or(Duration::from_secs(30), |d| d.0),
         templates,
         warnings: Vec::new(),
+        sources: vec![path.to_path_buf()],
     })
 }
 

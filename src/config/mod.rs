@@ -6,8 +6,10 @@
 
 mod compile;
 pub mod env;
+pub mod positions;
 pub mod raw;
 pub mod units;
+pub mod view;
 
 use indexmap::IndexMap;
 use std::collections::HashMap;
@@ -247,6 +249,9 @@ pub struct Config {
     /// System prompts and Dify inputs, compiled once.
     pub templates: minijinja::Environment<'static>,
     pub warnings: Vec<Diagnostic>,
+    /// Every file this config was read from (itself, prompt files): what the reload watcher
+    /// watches.
+    pub sources: Vec<PathBuf>,
 }
 
 impl Config {
@@ -265,6 +270,21 @@ impl Config {
     /// Parses `text` as if it were the file at `path` (used for positions and relative paths).
     pub fn from_str_at(text: &str, path: &Path) -> Result<Config, ConfigError> {
         compile::compile(text, path)
+    }
+
+    /// Every key in the config (providers, clients, admin), for scrubbing upstream text.
+    pub fn secrets(&self) -> Vec<&str> {
+        let providers = self.providers.values().filter_map(|p| p.api_key.as_ref());
+        let clients = self
+            .clients
+            .iter()
+            .flatten()
+            .filter_map(|c| c.api_key.as_ref());
+        providers
+            .chain(clients)
+            .chain(self.admin_api_key.as_ref())
+            .map(Secret::expose)
+            .collect()
     }
 
     pub fn scenario_index(&self, name: &str) -> Option<usize> {

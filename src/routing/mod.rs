@@ -37,6 +37,8 @@ struct Observed {
 pub struct TargetState {
     pub provider: String,
     pub label: String,
+    /// Where the target is served from; a reload that moves it starts its state afresh.
+    endpoint: String,
     breaker: Mutex<Breaker>,
     rest_until: Mutex<Option<Instant>>,
     inflight: AtomicU32,
@@ -82,6 +84,18 @@ impl TargetState {
 
 fn target_key(t: &Target) -> String {
     format!("{}/{}", t.provider.name, t.model.as_deref().unwrap_or("-"))
+}
+
+fn endpoint(t: &Target) -> String {
+    let u = &t.provider.url;
+    format!(
+        "{} {}://{}:{}{}",
+        t.provider.type_name(),
+        if u.tls { "https" } else { "http" },
+        u.host,
+        u.port,
+        u.base_path
+    )
 }
 
 /// An admitted attempt. Its verdict goes to the breaker; dropped without one (client left,
@@ -194,7 +208,7 @@ impl Router {
     fn state(&self, t: &Target) -> Arc<TargetState> {
         let key = target_key(t);
         let mut map = self.targets.lock();
-        if let Some(s) = map.get(&key) {
+        if let Some(s) = map.get(&key).filter(|s| s.endpoint == endpoint(t)) {
             // A reload may change the breaker settings of a surviving target.
             let mut b = s.breaker.lock();
             if b.settings != t.provider.breaker {
@@ -206,6 +220,7 @@ impl Router {
         let s = Arc::new(TargetState {
             provider: t.provider.name.clone(),
             label,
+            endpoint: endpoint(t),
             breaker: Mutex::new(Breaker::new(t.provider.breaker)),
             rest_until: Mutex::new(None),
             inflight: AtomicU32::new(0),
@@ -215,6 +230,29 @@ impl Router {
         s.publish(&self.metrics, 0);
         map.insert(key, s.clone());
         s
+    }
+
+    /// After a reload: forgets targets the config no longer has, or whose provider now points
+    /// elsewhere (their breaker and latency history described another endpoint). State of
+    /// unchanged targets is kept as is.
+    pub fn retain(&self, config: &crate::config::Config) {
+        let live: HashMap<String, String> = config
+            .scenarios
+            .values()
+            .flat_map(|s| s.targets.iter())
+            .map(|t| (target_key(t), endpoint(t)))
+            .collect();
+        let mut map = self.targets.lock();
+        map.retain(|key, s| {
+            let keep = live.get(key) == Some(&s.endpoint);
+            if !keep {
+                let _ = self
+                    .metrics
+                    .circuit_state
+                    .remove_label_values(&[&s.provider, &s.label]);
+            }
+            keep
+        });
     }
 
     fn slots(&self, p: &Provider) -> Arc<AtomicU32> {

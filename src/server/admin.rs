@@ -40,7 +40,9 @@ pub async fn handle(
                 .filter(|s| !shared.router.has_usable_target(s))
                 .map(|s| s.name.as_str())
                 .collect();
-            let (status, body) = if missing.is_empty() {
+            let (status, body) = if shared.lifecycle.draining() {
+                (503, json!({"status": "draining"}))
+            } else if missing.is_empty() {
                 (
                     200,
                     json!({"status": "ready", "config_generation": state.generation}),
@@ -98,7 +100,7 @@ pub async fn handle(
                     Ok(())
                 }
                 ("/admin/reload", false) if method == "POST" => {
-                    let (status, body) = match shared.reload() {
+                    let (status, body) = match shared.reload("admin API") {
                         Ok(r) => (
                             200,
                             json!({"status": "ok", "config_generation": r.generation, "restart_required": r.restart_required}),
@@ -116,7 +118,14 @@ pub async fn handle(
                             .await;
                     Ok(())
                 }
-                // `GET /admin/config` arrives with the operations work.
+                ("/admin/config", true) => {
+                    let mut body = crate::config::view::redacted(&state.config);
+                    body["config_generation"] = json!(state.generation);
+                    body["loaded_at"] = json!(state.loaded_at);
+                    let _ = exchange::write_json(session, ctx, 200, Bytes::from(body.to_string()))
+                        .await;
+                    Ok(())
+                }
                 _ => Err(GatewayError::NotFound { method, path }),
             }
         }

@@ -104,6 +104,7 @@ async fn chat(
     };
     let body = crate::server::read_body(session, config.max_body).await?;
     let req = ChatRequest::parse(&body, &hints)?;
+    ctx.stream = Some(req.stream);
     ctx.session = req.session.clone().filter(|s| exchange::echoable(s));
 
     let idx = scenario::resolve(
@@ -193,17 +194,7 @@ async fn chat(
         }
     };
     let spent = limits::usd(ctx.cost, prompt, completion);
-    if spent > 0.0 {
-        shared
-            .metrics
-            .spend_usd_total
-            .with_label_values(&[
-                &c.name,
-                &scenario.name,
-                ctx.provider.as_deref().unwrap_or("-"),
-            ])
-            .inc_by(spent);
-    }
+    ctx.spent = Some(spent);
     shared.limits.settle(
         ticket,
         Used {

@@ -53,6 +53,22 @@ pub(crate) fn authorization(session: &Session) -> Option<&[u8]> {
         .map(|v| v.as_bytes())
 }
 
+/// Routes the gateway serves; anything else is logged as `(other)`.
+fn known_path(path: &str) -> bool {
+    matches!(
+        path,
+        "/v1/chat/completions"
+            | "/chat/completions"
+            | "/v1/models"
+            | "/models"
+            | "/admin/providers"
+            | "/admin/config"
+            | "/admin/reload"
+            | "/admin/cache"
+            | "/admin/clients"
+    )
+}
+
 fn request_id(session: &Session) -> String {
     match session
         .req_header()
@@ -128,7 +144,10 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+        let mut ctx = RequestCtx::new();
+        ctx.inflight = Some(self.shared.lifecycle.enter());
+        ctx.drain = Some(self.shared.lifecycle.deadline_watch());
+        ctx
     }
 
     async fn request_filter(
@@ -164,13 +183,52 @@ impl ProxyHttp for Gateway {
 
     async fn logging(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _e: Option<&pingora::Error>,
         ctx: &mut RequestCtx,
     ) {
-        if !ctx.metered {
+        if self.shared.access_log.enabled() {
+            self.access_log(session, ctx);
+        }
+        if ctx.metered {
+            self.record_metrics(ctx);
+        }
+    }
+}
+
+impl Gateway {
+    fn access_log(&self, session: &Session, ctx: &RequestCtx) {
+        let req = session.req_header();
+        let path = req.uri.path();
+        // Probes and scrapes would drown the requests that matter.
+        if matches!(path, "/health" | "/ready" | "/metrics") {
             return;
         }
+        let elapsed = ctx.started.elapsed();
+        let entry = crate::access_log::Entry {
+            request_id: &ctx.request_id,
+            method: req.method.as_str(),
+            // Only known routes are logged verbatim: an arbitrary path is client-controlled.
+            path: if known_path(path) { path } else { "(other)" },
+            client: ctx.client.as_deref(),
+            scenario: ctx.scenario.as_deref(),
+            provider: ctx.provider.as_deref(),
+            stream: ctx.stream,
+            attempts: ctx.attempts,
+            status: ctx.status,
+            cache: ctx.cache,
+            error: ctx.error.as_deref(),
+            ttft: ctx.ttft,
+            duration: elapsed,
+            overhead: elapsed.saturating_sub(ctx.upstream_wait),
+            prompt_tokens: ctx.prompt_tokens,
+            completion_tokens: ctx.completion_tokens,
+        };
+        let format = self.shared.snapshot().config.log_format;
+        self.shared.access_log.write(&entry, format);
+    }
+
+    fn record_metrics(&self, ctx: &RequestCtx) {
         let m = &self.shared.metrics;
         let scenario = ctx.scenario.as_deref().unwrap_or("-");
         let provider = ctx.provider.as_deref().unwrap_or("-");
@@ -199,6 +257,23 @@ impl ProxyHttp for Gateway {
             m.tokens_total
                 .with_label_values(&[scenario, provider, "completion"])
                 .inc_by(n);
+        }
+        // Cache hits cost nothing; every other answer is priced from the target's `cost`.
+        let spent = ctx.spent.unwrap_or_else(|| {
+            if ctx.cache == "hit" {
+                0.0
+            } else {
+                crate::limits::usd(
+                    ctx.cost,
+                    ctx.prompt_tokens.unwrap_or(0),
+                    ctx.completion_tokens.unwrap_or(0),
+                )
+            }
+        });
+        if spent > 0.0 {
+            m.spend_usd_total
+                .with_label_values(&[ctx.client.as_deref().unwrap_or("-"), scenario, provider])
+                .inc_by(spent);
         }
     }
 }

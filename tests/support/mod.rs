@@ -464,3 +464,20 @@ pub fn sse_data(body: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// Starts a gateway from the config file at `path` (already written, listeners included) with
+/// the file watcher on, as the binary runs it.
+pub fn start_watching(path: &Path, dir: tempfile::TempDir) -> TestGateway {
+    let config = Config::load(path).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+    let options = ai_gateway::Options {
+        watch_config: true,
+        ..Default::default()
+    };
+    let gw = RunningGateway::start_with(config, options).expect("gateway starts");
+    TestGateway {
+        api: format!("http://{}", gw.api_addr),
+        admin: format!("http://{}", gw.admin_addr),
+        gw,
+        dir,
+    }
+}

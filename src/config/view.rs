@@ -1,0 +1,138 @@
+//! The effective configuration as `GET /admin/config` shows it: every value after environment
+//! expansion and defaults, with every secret (provider, client and admin keys) shown as `***`.
+
+use super::{Config, Provider, ProviderKind, Secret, Target, Timeouts};
+use serde_json::{json, Value};
+
+fn secret(s: &Option<Secret>) -> Value {
+    // Whether a key is set is useful to an operator (an unset key skips the provider); its
+    // value never leaves the process.
+    match s {
+        Some(_) => json!("***"),
+        None => Value::Null,
+    }
+}
+
+fn secs(d: std::time::Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+fn timeouts(t: &Timeouts) -> Value {
+    json!({
+        "connect": secs(t.connect),
+        "first_token": secs(t.first_token),
+        "idle": secs(t.idle),
+        "total": secs(t.total),
+    })
+}
+
+fn provider(p: &Provider) -> Value {
+    let u = &p.url;
+    let mut v = json!({
+        "type": p.type_name(),
+        "base_url": format!("{}://{}{}", if u.tls { "https" } else { "http" }, u.host_header(), u.base_path),
+        "api_key": secret(&p.api_key),
+        "timeouts": timeouts(&p.timeouts),
+        "retry": {"attempts": p.retry.attempts, "backoff": secs(p.retry.backoff), "max_backoff": secs(p.retry.max_backoff)},
+        "breaker": {
+            "failure_threshold": p.breaker.failure_threshold,
+            "open_for": secs(p.breaker.open_for),
+            "success_threshold": p.breaker.success_threshold,
+            "half_open_probes": p.breaker.half_open_probes,
+        },
+        "max_concurrency": p.max_concurrency,
+    });
+    if let ProviderKind::Dify(d) = &p.kind {
+        v["app"] = json!(d.app);
+        v["query_input"] = json!(d.query_input);
+        v["output"] = json!(d.output);
+        v["inputs"] = json!(d.inputs.keys().collect::<Vec<_>>());
+        v["system_input"] = json!(d.system_input);
+        v["reasoning"] = json!(d.reasoning);
+    }
+    v
+}
+
+fn template(config: &Config, name: &Option<String>) -> Value {
+    name.as_deref()
+        .and_then(|n| config.templates.get_template(n).ok())
+        .map_or(Value::Null, |t| json!(t.source()))
+}
+
+fn target(config: &Config, t: &Target) -> Value {
+    json!({
+        "provider": t.provider.name,
+        "model": t.model,
+        "weight": t.weight,
+        "cost": t.cost.map(|c| json!({"input": c.input, "output": c.output})),
+        "system_prompt": template(config, &t.system_prompt),
+        "params": t.params,
+        "inputs": t.inputs.iter().map(|(k, v)| (k.clone(), template(config, &Some(v.clone())))).collect::<serde_json::Map<_, _>>(),
+        "timeouts": timeouts(&t.timeouts),
+        "retry": {"attempts": t.retry.attempts, "backoff": secs(t.retry.backoff), "max_backoff": secs(t.retry.max_backoff)},
+    })
+}
+
+/// The redacted effective configuration.
+pub fn redacted(config: &Config) -> Value {
+    let clients = config.clients.as_ref().map(|cs| {
+        cs.iter()
+            .map(|c| {
+                json!({
+                    "name": c.name,
+                    "api_key": secret(&c.api_key),
+                    "scenarios": c.scenarios.clone().unwrap_or_else(|| vec!["*".into()]),
+                    "rpm": c.rpm,
+                    "tpm": c.tpm,
+                    "budget": c.budget.map(|b| match b.limit {
+                        super::BudgetLimit::Usd(usd) => json!({"usd": usd, "per": b.per}),
+                        super::BudgetLimit::Tokens(n) => json!({"tokens": n, "per": b.per}),
+                    }),
+                    "max_concurrency": c.max_concurrency,
+                })
+            })
+            .collect::<Vec<_>>()
+    });
+    let providers: serde_json::Map<String, Value> = config
+        .providers
+        .iter()
+        .map(|(name, p)| (name.clone(), provider(p)))
+        .collect();
+    let scenarios: serde_json::Map<String, Value> = config
+        .scenarios
+        .iter()
+        .map(|(name, s)| {
+            let matcher = s.matcher.as_ref().map(|m| {
+                json!({
+                    "headers": m.headers.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+                    "metadata": m.metadata.iter().cloned().collect::<serde_json::Map<_, _>>(),
+                    "clients": m.clients,
+                })
+            });
+            (
+                name.clone(),
+                json!({
+                    "models": s.models,
+                    "match": matcher,
+                    "strategy": s.strategy,
+                    "targets": s.targets.iter().map(|t| target(config, t)).collect::<Vec<_>>(),
+                    "cache": s.cache_ttl.map(|t| json!({"ttl": secs(t)})),
+                }),
+            )
+        })
+        .collect();
+    json!({
+        "file": config.path.display().to_string(),
+        "listen": config.listen.to_string(),
+        "threads": config.threads,
+        "admin": {"listen": config.admin_listen.to_string(), "api_key": secret(&config.admin_api_key)},
+        "limits": {"max_body": config.max_body, "completion_estimate": config.completion_estimate},
+        "clients": clients,
+        "providers": providers,
+        "scenarios": scenarios,
+        "default_scenario": config.default_scenario.and_then(|i| config.scenarios.get_index(i)).map(|(n, _)| n),
+        "cache": {"max_entries": config.cache_max_entries, "max_bytes": config.cache_max_bytes},
+        "log": {"level": config.log_level, "format": config.log_format},
+        "shutdown": {"grace_period": secs(config.grace_period)},
+    })
+}
