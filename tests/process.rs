@@ -17,10 +17,8 @@ struct Proc {
     child: Child,
     api: String,
     admin: String,
-    api_port: u16,
     stdout: PathBuf,
     stderr: PathBuf,
-    path: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -48,10 +46,8 @@ fn spawn(yaml: &str, env: &[(&str, &str)]) -> Proc {
         child,
         api: format!("http://127.0.0.1:{api}"),
         admin: format!("http://127.0.0.1:{admin}"),
-        api_port: api,
         stdout,
         stderr,
-        path,
         _dir: dir,
     };
     let until = Instant::now() + Duration::from_secs(15);
@@ -182,22 +178,36 @@ fn content(sse: &str) -> String {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigterm_lets_twenty_open_streams_finish_then_exits_zero() {
+type Finishing = tokio::task::JoinHandle<Result<String, String>>;
+
+/// A gateway with 20 streams open (each `chunks` chunks `interval` apart) when it gets SIGTERM;
+/// returns it, its upstream, the signal's time, and the streams being read to their end.
+async fn sigterm_with_open_streams(
+    chunks: usize,
+    interval: Duration,
+    grace: &str,
+) -> (Proc, MockOpenAi, Instant, Vec<Finishing>) {
     let mock = MockOpenAi::start_with(Knobs {
-        chunks: 10,
-        chunk_interval: Duration::from_millis(150),
+        chunks,
+        chunk_interval: interval,
         ..Default::default()
     })
     .await;
-    let mut p = spawn(&provider_yaml(&mock.url(), "20s"), &[]);
+    let p = spawn(&provider_yaml(&mock.url(), grace), &[]);
     let streams = open_streams(&p.api, 20).await;
     let t0 = Instant::now();
     p.signal("TERM");
-    let tasks: Vec<_> = streams
+    let tasks = streams
         .into_iter()
         .map(|(seen, body)| tokio::spawn(finish(seen, body)))
         .collect();
+    (p, mock, t0, tasks)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_lets_twenty_open_streams_finish_then_exits_zero() {
+    let (mut p, _mock, t0, tasks) =
+        sigterm_with_open_streams(10, Duration::from_millis(150), "20s").await;
 
     // No new connections are taken once draining.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -239,25 +249,12 @@ async fn sigterm_lets_twenty_open_streams_finish_then_exits_zero() {
         .filter(|l| l.contains("\"stream\":true") && l.contains("\"status\":200"))
         .count();
     assert_eq!(streams, 20, "{log}");
-    let _ = p.api_port;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn at_the_grace_deadline_open_streams_get_an_error_event_and_done() {
-    let mock = MockOpenAi::start_with(Knobs {
-        chunks: 40,
-        chunk_interval: Duration::from_millis(250),
-        ..Default::default()
-    })
-    .await;
-    let mut p = spawn(&provider_yaml(&mock.url(), "1s"), &[]);
-    let streams = open_streams(&p.api, 20).await;
-    let t0 = Instant::now();
-    p.signal("TERM");
-    let tasks: Vec<_> = streams
-        .into_iter()
-        .map(|(seen, body)| tokio::spawn(finish(seen, body)))
-        .collect();
+    let (mut p, _mock, t0, tasks) =
+        sigterm_with_open_streams(40, Duration::from_millis(250), "1s").await;
     for t in tasks {
         let sse = t.await.unwrap().unwrap();
         let data = sse_data(&sse);
@@ -310,7 +307,6 @@ async fn sighup_reloads_the_config() {
     p.signal("INT");
     let status = tokio::task::block_in_place(|| p.wait(Duration::from_secs(5)));
     assert!(status.is_some(), "SIGINT did not stop the gateway");
-    let _ = &p.path;
 }
 
 /// A run with provider, client and admin keys, debug logging, upstreams that echo the key they
