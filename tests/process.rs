@@ -66,8 +66,9 @@ fn spawn(yaml: &str, env: &[(&str, &str)]) -> Proc {
 
 impl Proc {
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
+        // The shell's builtin `kill`: no procps needed on a minimal machine.
+        let ok = Command::new("sh")
+            .args(["-c", &format!("kill -{sig} {}", self.child.id())])
             .status()
             .unwrap()
             .success();
