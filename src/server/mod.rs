@@ -27,23 +27,6 @@ pub struct Gateway {
     pub shared: Arc<Shared>,
 }
 
-/// SSE events are small writes; without TCP_NODELAY the second of two quick writes waits for the
-/// client's delayed ACK (~40 ms). pingora sets it on upstream sockets but not on accepted ones.
-fn set_nodelay(session: &Session) {
-    use std::os::fd::BorrowedFd;
-    if let Some(stream) = session.as_downstream().stream() {
-        // On unix pingora's stream id is the socket's file descriptor.
-        let raw = stream.id();
-        if raw < 0 {
-            return;
-        }
-        // SAFETY: the fd belongs to `stream`, which outlives this borrow; socket2 only calls
-        // setsockopt on it and never closes it.
-        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
-        let _ = socket2::SockRef::from(&fd).set_tcp_nodelay(true);
-    }
-}
-
 /// The raw `Authorization` header value, for the key checks of both listeners.
 pub(crate) fn authorization(session: &Session) -> Option<&[u8]> {
     session
@@ -155,7 +138,6 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
-        set_nodelay(session);
         ctx.request_id = request_id(session);
         let result = match self.role {
             Role::Api => api::handle(&self.shared, session, ctx).await,
