@@ -143,6 +143,14 @@ impl ShutdownSignalWatch for ProcessSignals {
                 let lifecycle = self.lifecycle.clone();
                 let grace = self.grace;
                 let before_exit = self.before_exit.clone();
+                // An operator who does not want to wait: SIGINT during the drain stops at once.
+                let hurry = self.before_exit.clone();
+                tokio::spawn(async move {
+                    int.recv().await;
+                    log::warn!("SIGINT during the drain: stopping now");
+                    hurry();
+                    std::process::exit(1);
+                });
                 // pingora sleeps its own (longer) grace period on the main thread after this
                 // returns; the drain ends the process first.
                 let spawned = std::thread::Builder::new().name("drain".into()).spawn(move || {

@@ -479,3 +479,40 @@ log:
         assert!(!leaked, "an Authorization value in {what}:\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigint_during_a_drain_stops_at_once() {
+    let mock = MockOpenAi::start_with(Knobs {
+        never_answer: true,
+        ..Default::default()
+    })
+    .await;
+    let mut p = spawn(&provider_yaml(&mock.url(), "30s"), &[]);
+    let url = format!("{}/v1/chat/completions", p.api);
+    let pending = tokio::spawn(async move {
+        client()
+            .post(url)
+            .json(&json!({"model": "s", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+    });
+    while mock.count() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    p.signal("TERM");
+    // The request is in flight: the drain waits for it.
+    let waiting = tokio::task::block_in_place(|| p.wait(Duration::from_millis(500)));
+    assert!(waiting.is_none(), "exited with a request in flight");
+    p.signal("INT");
+    let status = tokio::task::block_in_place(|| p.wait(Duration::from_secs(3)));
+    assert_eq!(
+        status.map(|s| s.code()),
+        Some(Some(1)),
+        "{}",
+        p.stderr_text()
+    );
+    assert!(
+        pending.await.unwrap().is_err(),
+        "the cut request cannot have an answer"
+    );
+}
