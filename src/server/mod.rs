@@ -1,7 +1,8 @@
 //! The pingora side: one `ProxyHttp` implementation serving both listeners. Every request is
 //! answered from `request_filter` (pingora's proxy phase is never reached: the upstream call is
-//! the gateway's own, see `forward`), and `logging` records the request's metrics and access-log line. The
-//! request context holds the request in the in-flight count that the SIGTERM drain waits on.
+//! the gateway's own, see `forward`), and `logging` records the request's metrics and its
+//! access-log line. The request context keeps the request in the in-flight count that the
+//! SIGTERM drain waits on.
 
 mod admin;
 mod api;
