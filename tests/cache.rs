@@ -316,15 +316,7 @@ async fn client_controls_ttl_and_byte_bound() {
     ));
     ask(&gw, "key-a", "cached", false, "one", &[]).await;
     ask(&gw, "key-a", "cached", false, "two", &[]).await;
-    let admin: Value = reqwest::Client::new()
-        .get(format!("{}/admin/cache", gw.admin))
-        .bearer_auth("admin-key")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let admin: Value = get_json(format!("{}/admin/cache", gw.admin), "admin-key").await;
     assert_eq!(admin["entries"], 1, "{admin}");
     assert!(admin["bytes"].as_u64().unwrap() <= 2048);
     let cleared: Value = reqwest::Client::new()

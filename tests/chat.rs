@@ -533,15 +533,7 @@ async fn metrics_count_requests_attempts_and_inflight() {
 async fn models_health_ready_and_admin_gate() {
     let mock = MockOpenAi::start().await;
     let gw = start_gateway(&config(&mock, ""));
-    let v: Value = client()
-        .get(format!("{}/v1/models", gw.api))
-        .bearer_auth("client-key-1")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = get_json(format!("{}/v1/models", gw.api), "client-key-1").await;
     assert_eq!(v["object"], "list");
     let ids: Vec<&str> = v["data"]
         .as_array()

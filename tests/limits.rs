@@ -64,15 +64,7 @@ fn msg(extra: Value) -> Value {
 async fn clients(gw: &TestGateway) -> Value {
     let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
     loop {
-        let v: Value = reqwest::Client::new()
-            .get(format!("{}/admin/clients", gw.admin))
-            .bearer_auth("admin-key")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = get_json(format!("{}/admin/clients", gw.admin), "admin-key").await;
         let busy = v["clients"]
             .as_array()
             .unwrap()

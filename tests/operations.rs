@@ -388,17 +388,8 @@ scenarios:
             .find(|t| t["target"] == target)
             .map(|t| t["breaker"].as_str().unwrap().to_owned())
     };
-    let providers = || async {
-        client()
-            .get(format!("{}/admin/providers", gw.admin))
-            .bearer_auth("admin-key")
-            .send()
-            .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap()
-    };
+    let providers =
+        || async { get_json(format!("{}/admin/providers", gw.admin), "admin-key").await };
     assert_eq!(breaker(&providers().await, "a/m").as_deref(), Some("open"));
 
     // Another target's prompt changes: a's breaker stays open and a gets no traffic.

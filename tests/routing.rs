@@ -357,15 +357,7 @@ async fn breaker_opens_probes_and_closes() {
         Some(0),
         "closed after success_threshold"
     );
-    let admin: Value = client()
-        .get(format!("{}/admin/providers", gw.admin))
-        .bearer_auth("admin-key")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let admin: Value = get_json(format!("{}/admin/providers", gw.admin), "admin-key").await;
     let t = admin["targets"]
         .as_array()
         .unwrap()

@@ -481,3 +481,16 @@ pub fn start_watching(path: &Path, dir: tempfile::TempDir) -> TestGateway {
         dir,
     }
 }
+
+/// `GET url` with a bearer key, as JSON (admin endpoints, `/v1/models`).
+pub async fn get_json(url: String, key: &str) -> Value {
+    reqwest::Client::new()
+        .get(url)
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
