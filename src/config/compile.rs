@@ -121,7 +121,13 @@ fn parse_url(cx: &mut Ctx, key: &str, text: &str) -> Option<UpstreamUrl> {
     let uri: http::Uri = match text.parse() {
         Ok(u) => u,
         Err(e) => {
-            cx.error(key, format!("{text:?} is not a URL: {e}"));
+            // A URL with `@` may hold a credential: it is not echoed into logs.
+            let shown = if text.contains('@') {
+                "the URL".to_owned()
+            } else {
+                format!("{text:?}")
+            };
+            cx.error(key, format!("{shown} is not a URL: {e}"));
             return None;
         }
     };
