@@ -4,7 +4,7 @@
 use crate::error::GatewayError;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession as Session;
 use std::time::{Duration, Instant};
 
 /// What one request accumulates on its way; read by the `logging` hook for metrics.
@@ -138,8 +138,8 @@ pub async fn write_full(
         h.insert_header(*k, v.as_str())?;
     }
     ctx.status = status;
-    session.write_response_header(Box::new(h), false).await?;
-    session.write_response_body(Some(body), true).await
+    session.write_response_header(Box::new(h)).await?;
+    session.write_response_body(body, true).await
 }
 
 pub async fn write_json(
@@ -149,6 +149,21 @@ pub async fn write_json(
     body: Bytes,
 ) -> pingora::Result<()> {
     write_full(session, ctx, status, "application/json", body, &[]).await
+}
+
+/// The answer to a request whose HTTP framing pingora could not parse: an OpenAI-shaped 400,
+/// then the connection closes (nothing after the bad bytes can be trusted).
+pub async fn write_malformed(session: &mut Session) {
+    let body = GatewayError::invalid_request("malformed HTTP request", None).body();
+    let Ok(mut h) = ResponseHeader::build(400, Some(2)) else {
+        return;
+    };
+    if h.insert_header("content-type", "application/json").is_ok()
+        && h.insert_header("content-length", body.len().to_string())
+            .is_ok()
+    {
+        let _ = session.write_error_response(h, body).await;
+    }
 }
 
 /// The liveness answer of both listeners.

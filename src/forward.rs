@@ -27,7 +27,7 @@ use crate::state::Shared;
 use crate::upstream::{self, OpenError, ReadError};
 use bytes::{Bytes, BytesMut};
 use pingora::protocols::http::v1::client::HttpSession;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession as Session;
 use pingora::upstreams::peer::HttpPeer;
 use std::time::{Duration, Instant};
 use tokio::time::timeout_at;
@@ -220,7 +220,7 @@ fn take_usage(ctx: &mut RequestCtx, json: &[u8]) {
 /// that cannot tell (`Ok(None)`) never resolves, so the answer is not cut short.
 async fn client_gone(session: &mut Session) {
     loop {
-        match session.as_downstream_mut().read_body_or_idle(true).await {
+        match session.read_body_or_idle(true).await {
             Ok(Some(_)) => continue,
             Ok(None) => std::future::pending::<()>().await,
             Err(_) => return,
@@ -961,11 +961,11 @@ async fn relay_stream(
     let header = exchange::sse_header(ctx)?;
     ctx.status = 200;
     if session
-        .write_response_header(Box::new(header), false)
+        .write_response_header(Box::new(header))
         .await
         .is_err()
         || session
-            .write_response_body(Some(held.freeze()), false)
+            .write_response_body(held.freeze(), false)
             .await
             .is_err()
     {
@@ -982,11 +982,7 @@ async fn relay_stream(
                     continue;
                 }
                 watch.feed(ctx, &chunk);
-                if session
-                    .write_response_body(Some(chunk), false)
-                    .await
-                    .is_err()
-                {
+                if session.write_response_body(chunk, false).await.is_err() {
                     ctx.status = 499;
                     up.shutdown().await;
                     return Ok(());
@@ -1001,7 +997,11 @@ async fn relay_stream(
             Step::Draining if watch.done => {
                 // Everything was delivered; only the upstream's end of body was outstanding.
                 up.shutdown().await;
-                if session.write_response_body(None, true).await.is_err() {
+                if session
+                    .write_response_body(Bytes::new(), true)
+                    .await
+                    .is_err()
+                {
                     ctx.status = 499;
                 }
                 return Ok(());
@@ -1053,7 +1053,11 @@ async fn relay_stream(
         }
     }
     let tail = (!tail.is_empty()).then(|| tail.freeze());
-    if session.write_response_body(tail, true).await.is_err() {
+    if session
+        .write_response_body(tail.unwrap_or_default(), true)
+        .await
+        .is_err()
+    {
         ctx.status = 499;
     }
     Ok(())
@@ -1370,21 +1374,13 @@ async fn relay_dify(
             break;
         }
         if let Some(h) = header.take() {
-            if session
-                .write_response_header(Box::new(h), false)
-                .await
-                .is_err()
-            {
+            if session.write_response_header(Box::new(h)).await.is_err() {
                 return client_left(shared, target, &call, &tr, &mut out, up).await;
             }
         }
         if !out.pending.is_empty() {
             let bytes = out.pending.split().freeze();
-            if session
-                .write_response_body(Some(bytes), done)
-                .await
-                .is_err()
-            {
+            if session.write_response_body(bytes, done).await.is_err() {
                 return client_left(shared, target, &call, &tr, &mut out, up).await;
             }
         }
@@ -1448,11 +1444,7 @@ async fn finish_with_error(
         return fail(err);
     }
     if let Some(h) = header {
-        if session
-            .write_response_header(Box::new(h), false)
-            .await
-            .is_err()
-        {
+        if session.write_response_header(Box::new(h)).await.is_err() {
             out.ctx.status = 499;
             return Ok(());
         }
@@ -1461,11 +1453,7 @@ async fn finish_with_error(
     out.pending.extend_from_slice(&err.sse_event());
     out.pending.extend_from_slice(SSE_DONE);
     let bytes = out.pending.split().freeze();
-    if session
-        .write_response_body(Some(bytes), true)
-        .await
-        .is_err()
-    {
+    if session.write_response_body(bytes, true).await.is_err() {
         out.ctx.status = 499;
     }
     Ok(())

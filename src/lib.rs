@@ -27,6 +27,7 @@ use async_trait::async_trait;
 use config::Config;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::listening::Service;
 use server::{Gateway, Role};
 use state::Shared;
 use std::net::{SocketAddr, TcpStream};
@@ -89,22 +90,20 @@ pub fn build_server_with(
     let shared = Arc::new(Shared::new(config, options.access_log)?);
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut api = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
+    let mut api = Service::new(
+        "ai-gateway api".to_owned(),
         Gateway {
             role: Role::Api,
             shared: shared.clone(),
         },
-        "ai-gateway api",
     );
     api.add_tcp(&listen);
-    let mut admin = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
+    let mut admin = Service::new(
+        "ai-gateway admin".to_owned(),
         Gateway {
             role: Role::Admin,
             shared: shared.clone(),
         },
-        "ai-gateway admin",
     );
     admin.add_tcp(&admin_listen);
     admin.threads = Some(1);

@@ -5,7 +5,7 @@ use crate::exchange::{self, RequestCtx};
 use crate::filters::auth;
 use crate::state::Shared;
 use bytes::Bytes;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession as Session;
 use serde_json::json;
 use std::sync::atomic::Ordering;
 

@@ -11,7 +11,7 @@ use crate::protocol::{ChatRequest, RequestHints};
 use crate::providers::TemplateVars;
 use crate::state::Shared;
 use bytes::Bytes;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession as Session;
 use serde_json::json;
 use std::time::Duration;
 

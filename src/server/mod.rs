@@ -1,8 +1,8 @@
-//! The pingora side: one `ProxyHttp` implementation serving both listeners. Every request is
-//! answered from `request_filter` (pingora's proxy phase is never reached: the upstream call is
-//! the gateway's own, see `forward`), and `logging` records the request's metrics and its
-//! access-log line. The request context keeps the request in the in-flight count that the
-//! SIGTERM drain waits on.
+//! The pingora side: both listeners are pingora HTTP apps (`HttpServerApp`) backed by one
+//! `Gateway`. Each request is read by pingora, answered by the gateway's own handlers (the
+//! upstream call is the gateway's own too, see `forward`), then its metrics and access-log line
+//! are recorded and the connection goes back to pingora for keep-alive. The request context
+//! keeps the request in the in-flight count that the SIGTERM drain waits on.
 
 mod admin;
 mod api;
@@ -12,8 +12,9 @@ use crate::exchange::{self, RequestCtx};
 use crate::state::Shared;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use pingora::proxy::{ProxyHttp, Session};
-use pingora::upstreams::peer::HttpPeer;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::protocols::http::ServerSession as Session;
+use pingora::server::ShutdownWatch;
 use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,10 +125,62 @@ pub(crate) async fn read_body(session: &mut Session, limit: usize) -> Result<Byt
     Ok(buf.freeze())
 }
 
-#[async_trait]
-impl ProxyHttp for Gateway {
-    type CTX = RequestCtx;
+/// Waits for the service's shutdown signal (an idle keep-alive connection must not hold the
+/// drain open).
+async fn shutting_down(shutdown: &ShutdownWatch) {
+    let mut watch = shutdown.clone();
+    if watch.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
 
+/// Gateway requests are answered by the gateway's own handlers, so the listeners are plain
+/// pingora HTTP apps: pingora's proxy layer (phases, modules, its cache and upstream pool)
+/// would cost about a microsecond a request and never be used.
+#[async_trait]
+impl HttpServerApp for Gateway {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: Session,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let read = tokio::select! {
+            // Biased: a request already buffered is served even when shutdown has begun.
+            biased;
+            read = session.read_request() => read,
+            _ = shutting_down(shutdown) => return None,
+        };
+        match read {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                if e.etype() == &pingora::ErrorType::InvalidHTTPHeader {
+                    exchange::write_malformed(&mut session).await;
+                }
+                session.shutdown().await;
+                return None;
+            }
+        }
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        }
+        let mut ctx = self.new_ctx();
+        self.serve(&mut session, &mut ctx).await;
+        if self.shared.access_log.enabled() {
+            self.access_log(&session, &ctx);
+        }
+        if ctx.metered {
+            self.record_metrics(&ctx);
+        }
+        let settings = HttpPersistentSettings::for_session(&session);
+        let reusable = session.finish().await.ok().flatten();
+        // The request leaves the in-flight count only once its answer is fully written.
+        drop(ctx);
+        reusable.map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
+    }
+}
+
+impl Gateway {
     fn new_ctx(&self) -> RequestCtx {
         let mut ctx = RequestCtx::new();
         ctx.inflight = Some(self.shared.lifecycle.enter());
@@ -135,11 +188,7 @@ impl ProxyHttp for Gateway {
         ctx
     }
 
-    async fn request_filter(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> pingora::Result<bool> {
+    async fn serve(&self, session: &mut Session, ctx: &mut RequestCtx) {
         ctx.request_id = request_id(session);
         let result = match self.role {
             Role::Api => api::handle(&self.shared, session, ctx).await,
@@ -150,37 +199,8 @@ impl ProxyHttp for Gateway {
                 ctx.status = 499;
             }
         }
-        Ok(true)
     }
 
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        _ctx: &mut RequestCtx,
-    ) -> pingora::Result<Box<HttpPeer>> {
-        // Unreachable: request_filter answers every request.
-        Err(pingora::Error::explain(
-            pingora::ErrorType::InternalError,
-            "the gateway does not use pingora's proxy phase",
-        ))
-    }
-
-    async fn logging(
-        &self,
-        session: &mut Session,
-        _e: Option<&pingora::Error>,
-        ctx: &mut RequestCtx,
-    ) {
-        if self.shared.access_log.enabled() {
-            self.access_log(session, ctx);
-        }
-        if ctx.metered {
-            self.record_metrics(ctx);
-        }
-    }
-}
-
-impl Gateway {
     fn access_log(&self, session: &Session, ctx: &RequestCtx) {
         let req = session.req_header();
         let path = req.uri.path();
