@@ -15,16 +15,19 @@ ROUNDS=${1:-3}
 SECS=${2:-5}
 CONC=${BENCH_CONCURRENCY:-32}
 MOCK_PORT=18081 GW_PORT=18080 GW_ADMIN=19090 NGINX_PORT=18082 LOGGED_PORT=18083 LOGGED_ADMIN=19091
+FLOOR_PORT=18084
 OUT=bench/results
 mkdir -p "$OUT"
 LOG="$OUT/run-$(date +%Y%m%d-%H%M%S).txt"
 
-cargo build --release --locked --bin ai-gateway --example bench_mock >/dev/null
+cargo build --release --locked --bin ai-gateway --example bench_mock --example bench_floor >/dev/null
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
 target/release/examples/bench_mock "$MOCK_PORT" & pids+=($!)
+# pingora answering with no work at all: the fastest any pingora-based server can be.
+target/release/examples/bench_floor "$FLOOR_PORT" >/dev/null 2>&1 & pids+=($!)
 cat > "$OUT/gateway.yaml" <<YAML
 listen: 127.0.0.1:$GW_PORT
 admin: { listen: 127.0.0.1:$GW_ADMIN }
@@ -84,7 +87,7 @@ NGINX
   paths+=("nginx http://127.0.0.1:$NGINX_PORT/v1/chat/completions")
 fi
 
-for port in $MOCK_PORT $GW_PORT $LOGGED_PORT; do
+for port in $MOCK_PORT $GW_PORT $LOGGED_PORT $FLOOR_PORT; do
   for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 done
 sleep 0.5
@@ -113,11 +116,15 @@ measure() { # name url conns
       measure limited "http://127.0.0.1:$GW_PORT/v1/chat/completions" 1
     BENCH_KEY=bench-limited BENCH_BODY='{"model":"bench-priced","messages":[{"role":"user","content":"Say hello"}]}' \
       measure limited "http://127.0.0.1:$GW_PORT/v1/chat/completions" "$CONC"
-    # Cache hits (the same request every time; only the very first one reaches the mock).
-    BENCH_BODY='{"model":"bench-cached","messages":[{"role":"user","content":"Say hello"}]}' \
-      measure cached "http://127.0.0.1:$GW_PORT/v1/chat/completions" 1
-    BENCH_BODY='{"model":"bench-cached","messages":[{"role":"user","content":"Say hello"}]}' \
-      measure cached "http://127.0.0.1:$GW_PORT/v1/chat/completions" "$CONC"
+    # Cache hits (the same request every time; only the very first one reaches the mock), each
+    # right next to what a hit is compared with: the direct round trip to the mock, and the
+    # pingora floor.
+    for conns in 1 "$CONC"; do
+      measure direct "http://127.0.0.1:$MOCK_PORT/v1/chat/completions" "$conns"
+      measure floor "http://127.0.0.1:$FLOOR_PORT/v1/chat/completions" "$conns"
+      BENCH_BODY='{"model":"bench-cached","messages":[{"role":"user","content":"Say hello"}]}' \
+        measure cached "http://127.0.0.1:$GW_PORT/v1/chat/completions" "$conns"
+    done
   done
 } | tee "$LOG"
 

@@ -16,7 +16,7 @@ for line in open(log):
 def med(key, i):
     return statistics.median(r[i] for r in rows[key])
 
-order = ["direct", "gateway", "logged", "nginx", "dify", "cached", "unlimited", "limited"]
+order = ["direct", "floor", "gateway", "logged", "nginx", "dify", "cached", "unlimited", "limited"]
 names = sorted({k[0] for k in rows}, key=lambda n: order.index(n) if n in order else 9)
 print(f"\n{'path':8} {'c=1 p50':>9} {'c=1 p99':>9} {'added p50':>10} {'added p99':>10} {'c=' + conc + ' rps':>10} {'rps ratio':>9} {'errors':>6}")
 for n in names:
@@ -33,8 +33,11 @@ if ("dify", int(conc)) in rows:
     print(f"\ndify translation max RPS / OpenAI passthrough max RPS (both through the gateway): {ratio:.2f}")
 
 if ("cached", 1) in rows:
+    floor = ""
+    if ("floor", 1) in rows:
+        floor = f" (pingora floor p50 {med(('floor', 1), 0)}us, {med(('floor', int(conc)), 2):.0f} RPS)"
     print(f"cache hit at c=1: p50 {med(('cached', 1), 0)}us vs direct-to-mock p50 {med(('direct', 1), 0)}us; "
-          f"hits max RPS {med(('cached', int(conc)), 2):.0f} vs direct {med(('direct', int(conc)), 2):.0f}")
+          f"hits max RPS {med(('cached', int(conc)), 2):.0f} vs direct {med(('direct', int(conc)), 2):.0f}{floor}")
 
 if ("logged", 1) in rows:
     print(f"JSON access log on (to a file): c=1 p50 {med(('logged', 1), 0)}us p99 {med(('logged', 1), 1)}us vs "

@@ -335,6 +335,47 @@ async fn client_errors_have_openai_shape_and_never_reach_the_upstream() {
     );
 }
 
+/// Sends raw bytes on a fresh connection and reads until the gateway closes it.
+async fn raw_exchange(addr: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    conn.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut out))
+        .await
+        .expect("the gateway closes the connection after a malformed request")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_http_gets_an_openai_shaped_400_and_the_connection_closes() {
+    let mock = MockOpenAi::start().await;
+    let gw = start_gateway(&config(&mock, ""));
+    for request in [
+        &b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n"[..],
+        &b"\x01\x02 not http at all\r\n\r\n"[..],
+    ] {
+        let answer = raw_exchange(&gw.api, request).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        let lower = answer.to_ascii_lowercase();
+        assert!(lower.contains("content-type: application/json"), "{answer}");
+        let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["code"], "invalid_request", "{answer}");
+    }
+    // The listener is unharmed.
+    let r = client()
+        .get(format!("{}/health", gw.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(mock.count(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_statuses_map_to_gateway_errors() {
     let mock = MockOpenAi::start().await;
