@@ -17,7 +17,7 @@ CONC=${BENCH_CONCURRENCY:-32}
 MOCK_PORT=18081 GW_PORT=18080 GW_ADMIN=19090 NGINX_PORT=18082 LOGGED_PORT=18083 LOGGED_ADMIN=19091
 FLOOR_PORT=18084
 OUT=bench/results
-mkdir -p "$OUT"
+mkdir -p "$OUT/conf"
 LOG="$OUT/run-$(date +%Y%m%d-%H%M%S).txt"
 
 cargo build --release --locked --bin ai-gateway --example bench_mock --example bench_floor >/dev/null
@@ -28,7 +28,9 @@ trap cleanup EXIT
 target/release/examples/bench_mock "$MOCK_PORT" & pids+=($!)
 # pingora answering with no work at all: the fastest any pingora-based server can be.
 target/release/examples/bench_floor "$FLOOR_PORT" >/dev/null 2>&1 & pids+=($!)
-cat > "$OUT/gateway.yaml" <<YAML
+# The configs live in their own folder: the gateways watch it, and the logs below are written
+# to $OUT all the time.
+cat > "$OUT/conf/gateway.yaml" <<YAML
 listen: 127.0.0.1:$GW_PORT
 admin: { listen: 127.0.0.1:$GW_ADMIN }
 threads: 1
@@ -56,11 +58,11 @@ scenarios:
     cache: { ttl: 3600s }
     targets: [{ provider: mock, model: bench-model }]
 YAML
-RUST_LOG=error target/release/ai-gateway -c "$OUT/gateway.yaml" >/dev/null 2>&1 & pids+=($!)
+RUST_LOG=error target/release/ai-gateway -c "$OUT/conf/gateway.yaml" >/dev/null 2>&1 & pids+=($!)
 # The same gateway with its JSON access log on, written to a file: the log's cost per request.
 sed -e "s/$GW_PORT/$LOGGED_PORT/; s/$GW_ADMIN/$LOGGED_ADMIN/; s/level: warn/level: info/" \
-  "$OUT/gateway.yaml" > "$OUT/gateway-logged.yaml"
-RUST_LOG=error,access=info target/release/ai-gateway -c "$OUT/gateway-logged.yaml" \
+  "$OUT/conf/gateway.yaml" > "$OUT/conf/gateway-logged.yaml"
+RUST_LOG=error,access=info target/release/ai-gateway -c "$OUT/conf/gateway-logged.yaml" \
   >"$OUT/access.log" 2>/dev/null & pids+=($!)
 
 paths=("direct http://127.0.0.1:$MOCK_PORT/v1/chat/completions" "gateway http://127.0.0.1:$GW_PORT/v1/chat/completions"

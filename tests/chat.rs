@@ -377,6 +377,54 @@ async fn malformed_http_gets_an_openai_shaped_400_and_the_connection_closes() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn expect_continue_invites_the_body_and_refuses_an_oversized_one_unsent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = MockOpenAi::start().await;
+    let gw = start_gateway(&config(&mock, ""));
+    let addr = gw.api.trim_start_matches("http://").to_owned();
+    let head = |len: usize| {
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer client-key-1\r\n\
+             Content-Type: application/json\r\nContent-Length: {len}\r\nExpect: 100-continue\r\n\
+             Connection: close\r\n\r\n"
+        )
+    };
+    let read_all = |mut conn: tokio::net::TcpStream| async move {
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut out))
+            .await
+            .expect("the answer ends")
+            .unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    };
+
+    // Invited: the 100 arrives before any body byte is sent.
+    let body = r#"{"model":"plain","messages":[{"role":"user","content":"hi"}]}"#;
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(head(body.len()).as_bytes()).await.unwrap();
+    let mut first = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut first))
+        .await
+        .expect("100 Continue comes without waiting for the body")
+        .unwrap();
+    let first = String::from_utf8_lossy(&first[..n]).into_owned();
+    assert!(first.starts_with("HTTP/1.1 100 Continue\r\n"), "{first}");
+    conn.write_all(body.as_bytes()).await.unwrap();
+    let answer = read_all(conn).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(mock.count(), 1);
+
+    // Too large: refused at once, the body is never sent.
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(head(100 << 20).as_bytes()).await.unwrap();
+    let answer = read_all(conn).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(!answer.contains("100 Continue"), "{answer}");
+    assert!(answer.contains("request_too_large"), "{answer}");
+    assert_eq!(mock.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn upstream_statuses_map_to_gateway_errors() {
     let mock = MockOpenAi::start().await;
     let gw = start_gateway(&config(&mock, ""));

@@ -72,6 +72,15 @@ fn request_id(session: &Session) -> String {
 /// closed under them surfaces as a connection error instead of the status.
 const MAX_DRAIN: usize = 64 << 20;
 
+fn req_expects_continue(session: &Session) -> bool {
+    let req = session.req_header();
+    req.version == http::Version::HTTP_11
+        && req
+            .headers
+            .get("expect")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
 /// Reads the whole request body; over `limit` the rest is drained (up to [`MAX_DRAIN`], never
 /// kept) and the request is refused.
 pub(crate) async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, GatewayError> {
@@ -82,9 +91,30 @@ pub(crate) async fn read_body(session: &mut Session, limit: usize) -> Result<Byt
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let mut over = declared.is_some_and(|n| n > limit as u64);
-    if declared.is_some_and(|n| n > (limit + MAX_DRAIN) as u64) {
+    // `Expect: 100-continue` (curl sends it for bodies over 1 MiB, and waits a second for the
+    // answer otherwise): a body that is too large is refused before it is sent, any other is
+    // invited.
+    let expects_continue = req_expects_continue(session);
+    if declared.is_some_and(|n| n > limit.saturating_add(MAX_DRAIN) as u64)
+        || (over && expects_continue)
+    {
         session.set_keepalive(None);
         return Err(GatewayError::RequestTooLarge { limit });
+    }
+    if expects_continue {
+        let invite = pingora::http::ResponseHeader::build_no_case(100, Some(0))
+            .map_err(|e| GatewayError::Internal(format!("100 Continue: {e}")))?;
+        if session
+            .write_response_header(Box::new(invite))
+            .await
+            .is_err()
+        {
+            session.set_keepalive(None);
+            return Err(GatewayError::invalid_request(
+                "could not read the request body: the connection closed",
+                None,
+            ));
+        }
     }
     let capacity = if over {
         0
@@ -101,7 +131,7 @@ pub(crate) async fn read_body(session: &mut Session, limit: usize) -> Result<Byt
                     over = true;
                     buf = BytesMut::new();
                 }
-                if seen > limit + MAX_DRAIN {
+                if seen > limit.saturating_add(MAX_DRAIN) {
                     session.set_keepalive(None);
                     break;
                 }
