@@ -3,7 +3,11 @@
 
 use crate::error::GatewayError;
 use bytes::Bytes;
+use http::header::HeaderValue;
 use pingora::http::ResponseHeader;
+
+/// A static value is not copied into the header (`HeaderValue::from_str` allocates).
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
 use pingora::protocols::http::ServerSession as Session;
 use std::time::{Duration, Instant};
 
@@ -91,11 +95,12 @@ pub fn echoable(value: &str) -> bool {
 /// A response header carrying the gateway's own headers.
 pub fn response_header(status: u16, ctx: &RequestCtx) -> Result<ResponseHeader, GatewayError> {
     let bad = |e: pingora::BError| GatewayError::Internal(format!("response header: {e}"));
-    let mut h = ResponseHeader::build(status, Some(10)).map_err(bad)?;
+    let mut h = ResponseHeader::build_no_case(status, Some(10)).map_err(bad)?;
     h.insert_header("x-request-id", ctx.request_id.as_str())
         .map_err(bad)?;
     if ctx.metered {
-        h.insert_header("x-gateway-cache", ctx.cache).map_err(bad)?;
+        h.insert_header("x-gateway-cache", HeaderValue::from_static(ctx.cache))
+            .map_err(bad)?;
     }
     if let Some(s) = &ctx.scenario {
         h.insert_header("x-gateway-scenario", s.as_str())
@@ -124,13 +129,13 @@ pub async fn write_full(
     session: &mut Session,
     ctx: &mut RequestCtx,
     status: u16,
-    content_type: &str,
+    content_type: impl TryInto<HeaderValue> + Send,
     body: Bytes,
     extra: &[(&'static str, String)],
 ) -> pingora::Result<()> {
     let mut h = match response_header(status, ctx) {
         Ok(h) => h,
-        Err(_) => ResponseHeader::build(status, None)?,
+        Err(_) => ResponseHeader::build_no_case(status, None)?,
     };
     h.insert_header("content-type", content_type)?;
     h.insert_header("content-length", body.len().to_string())?;
@@ -148,14 +153,14 @@ pub async fn write_json(
     status: u16,
     body: Bytes,
 ) -> pingora::Result<()> {
-    write_full(session, ctx, status, "application/json", body, &[]).await
+    write_full(session, ctx, status, JSON, body, &[]).await
 }
 
 /// The answer to a request whose HTTP framing pingora could not parse: an OpenAI-shaped 400,
 /// then the connection closes (nothing after the bad bytes can be trusted).
 pub async fn write_malformed(session: &mut Session) {
     let body = GatewayError::invalid_request("malformed HTTP request", None).body();
-    let Ok(mut h) = ResponseHeader::build(400, Some(2)) else {
+    let Ok(mut h) = ResponseHeader::build_no_case(400, Some(2)) else {
         return;
     };
     if h.insert_header("content-type", "application/json").is_ok()
@@ -191,15 +196,7 @@ pub async fn write_error(
     if let Some(retry) = err.should_retry() {
         extra.push(("x-should-retry", retry.to_string()));
     }
-    write_full(
-        session,
-        ctx,
-        err.status(),
-        "application/json",
-        err.body(),
-        &extra,
-    )
-    .await
+    write_full(session, ctx, err.status(), JSON, err.body(), &extra).await
 }
 
 /// Headers for an SSE response; chunked so pingora flushes every event as it is written.

@@ -221,7 +221,10 @@ async fn answer(
 ) -> Result<(), GatewayError> {
     let Some(ttl) = scenario.cache_ttl else {
         ctx.cache = "off";
-        return forward::serve(shared, session, ctx, config, scenario, req, vars).await;
+        return Box::pin(forward::serve(
+            shared, session, ctx, config, scenario, req, vars,
+        ))
+        .await;
     };
     let lookups = |result: &str| {
         shared
@@ -235,7 +238,10 @@ async fn answer(
     if req.session.is_some() || control == Control::NoStore {
         ctx.cache = "bypass";
         lookups("bypass");
-        return forward::serve(shared, session, ctx, config, scenario, req, vars).await;
+        return Box::pin(forward::serve(
+            shared, session, ctx, config, scenario, req, vars,
+        ))
+        .await;
     }
     let client_name = client.map(|c| c.name.as_str());
     let raw = cache::raw_key(scenario, client_name, hints.user_profile.as_deref(), &body);
@@ -286,7 +292,10 @@ async fn answer(
         slot: Some((key, ttl)),
         ..Default::default()
     });
-    let result = forward::serve(shared, session, ctx, config, scenario, req, vars).await;
+    let result = Box::pin(forward::serve(
+        shared, session, ctx, config, scenario, req, vars,
+    ))
+    .await;
     let entry = ctx.capture.take().and_then(|c| c.stored);
     if let Some(f) = flight {
         f.finish(entry);
@@ -309,6 +318,7 @@ async fn write_hit(
         "application/json"
     };
     let age = entry.age().as_secs().to_string();
+    let ct = http::HeaderValue::from_static(ct);
     let _ = exchange::write_full(session, ctx, 200, ct, body, &[("age", age)]).await;
     Ok(())
 }
