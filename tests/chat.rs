@@ -337,15 +337,21 @@ async fn client_errors_have_openai_shape_and_never_reach_the_upstream() {
 
 /// Sends raw bytes on a fresh connection and reads until the gateway closes it.
 async fn raw_exchange(addr: &str, request: &[u8]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut conn = tokio::net::TcpStream::connect(addr.trim_start_matches("http://"))
         .await
         .unwrap();
     conn.write_all(request).await.unwrap();
+    read_until_closed(conn).await
+}
+
+/// Everything the gateway sends until it closes the connection.
+async fn read_until_closed(mut conn: tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut out))
         .await
-        .expect("the gateway closes the connection after a malformed request")
+        .expect("the gateway closes the connection")
         .unwrap();
     String::from_utf8_lossy(&out).into_owned()
 }
@@ -389,14 +395,6 @@ async fn expect_continue_invites_the_body_and_refuses_an_oversized_one_unsent() 
              Connection: close\r\n\r\n"
         )
     };
-    let read_all = |mut conn: tokio::net::TcpStream| async move {
-        let mut out = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut out))
-            .await
-            .expect("the answer ends")
-            .unwrap();
-        String::from_utf8_lossy(&out).into_owned()
-    };
 
     // Invited: the 100 arrives before any body byte is sent.
     let body = r#"{"model":"plain","messages":[{"role":"user","content":"hi"}]}"#;
@@ -410,14 +408,14 @@ async fn expect_continue_invites_the_body_and_refuses_an_oversized_one_unsent() 
     let first = String::from_utf8_lossy(&first[..n]).into_owned();
     assert!(first.starts_with("HTTP/1.1 100 Continue\r\n"), "{first}");
     conn.write_all(body.as_bytes()).await.unwrap();
-    let answer = read_all(conn).await;
+    let answer = read_until_closed(conn).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(mock.count(), 1);
 
     // Too large: refused at once, the body is never sent.
     let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
     conn.write_all(head(100 << 20).as_bytes()).await.unwrap();
-    let answer = read_all(conn).await;
+    let answer = read_until_closed(conn).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(!answer.contains("100 Continue"), "{answer}");
     assert!(answer.contains("request_too_large"), "{answer}");
