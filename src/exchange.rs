@@ -5,13 +5,13 @@ use crate::error::GatewayError;
 use bytes::Bytes;
 use http::header::HeaderValue;
 use pingora::http::ResponseHeader;
-
-/// A static value is not copied into the header (`HeaderValue::from_str` allocates).
-const JSON: HeaderValue = HeaderValue::from_static("application/json");
 use pingora::protocols::http::ServerSession as Session;
 use std::time::{Duration, Instant};
 
-/// What one request accumulates on its way; read by the `logging` hook for metrics.
+/// A static value is not copied into the header (`HeaderValue::from_str` allocates).
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// What one request accumulates on its way; read afterwards for metrics and the access log.
 pub struct RequestCtx {
     pub started: Instant,
     pub request_id: String,
@@ -163,7 +163,7 @@ pub async fn write_malformed(session: &mut Session) {
     let Ok(mut h) = ResponseHeader::build_no_case(400, Some(2)) else {
         return;
     };
-    if h.insert_header("content-type", "application/json").is_ok()
+    if h.insert_header("content-type", JSON).is_ok()
         && h.insert_header("content-length", body.len().to_string())
             .is_ok()
     {
