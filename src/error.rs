@@ -1,5 +1,7 @@
 //! The one error type of the request path. Each variant knows its HTTP status, OpenAI error
-//! `code` and `type`, and is rendered once into the OpenAI error shape.
+//! `code` and `type`, what routing makes of it (fail over, rest, or answer the client), and is
+//! rendered once into the OpenAI error shape. Upstream text is sanitized here before it can
+//! reach a client.
 
 use bytes::Bytes;
 use serde_json::json;
@@ -76,7 +78,7 @@ impl GatewayError {
     }
 
     /// Replaces every occurrence of the given secrets in the error's text with `***`: an
-    /// upstream may echo a key the heuristics of `forward::sanitize` do not recognise.
+    /// upstream may echo a key the heuristics of [`sanitize`] do not recognise.
     pub fn scrub(&mut self, secrets: &[&str]) {
         use GatewayError::*;
         let text = match self {
@@ -92,6 +94,26 @@ impl GatewayError {
             if text.contains(*s) {
                 *text = text.replace(*s, "***");
             }
+        }
+    }
+
+    /// What routing does after an attempt failed with this error, before the client got a byte.
+    pub fn failover(&self) -> Failover {
+        use GatewayError::*;
+        match self {
+            UpstreamError(_) | UpstreamTimeout(_) | StreamIncomplete(_) => Failover::Broken,
+            Mapped {
+                status: 429,
+                code,
+                retry_after,
+                ..
+            } => {
+                // A quota that is used up will not come back within a second.
+                let default = if code == "insufficient_quota" { 60 } else { 1 };
+                Failover::Limited(Duration::from_secs(retry_after.unwrap_or(default)))
+            }
+            Mapped { status, .. } if *status >= 500 => Failover::Broken,
+            _ => Failover::Final,
         }
     }
 
@@ -209,9 +231,87 @@ impl GatewayError {
     }
 }
 
+/// What routing makes of a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failover {
+    /// The target is unhealthy (connect, timeout, 5xx, broken stream): fail over, count for
+    /// the breaker.
+    Broken,
+    /// The target is rate limited: fail over, and it rests for the duration.
+    Limited(Duration),
+    /// The client's request is at fault (or the client left): no retry, no breaker count.
+    Final,
+}
+
+/// Redacts anything in an upstream message that looks like a credential and bounds its length:
+/// providers echo keys in auth errors ("Incorrect API key provided: sk-...").
+pub fn sanitize(message: &str) -> String {
+    let mut out = Vec::new();
+    for word in message.split_whitespace() {
+        let w = word.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+        let looks_secret = w.starts_with("sk-")
+            || w.starts_with("app-")
+            || w.starts_with("Bearer")
+            || (w.len() >= 24
+                && w.chars().any(|c| c.is_ascii_digit())
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        out.push(if looks_secret { "***" } else { word });
+    }
+    let mut s = out.join(" ");
+    if s.len() > 300 {
+        let mut cut = 300;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sanitize_redacts_keys_and_bounds_length() {
+        let s = sanitize(
+            "Incorrect API key provided: sk-abc123XYZ. You can find your key at https://x",
+        );
+        assert!(!s.contains("sk-abc123XYZ"), "{s}");
+        assert!(s.contains("Incorrect API key provided"));
+        let long = "word ".repeat(200);
+        assert!(sanitize(&long).chars().count() <= 301);
+        // Built at run time so the repository holds nothing shaped like a real key.
+        let fake = ["app", "-0123456789abcdef0123"].concat();
+        assert_eq!(sanitize(&format!("token {fake} here")), "token *** here");
+    }
+
+    #[test]
+    fn failover_decisions_travel_with_the_error() {
+        assert_eq!(
+            GatewayError::UpstreamTimeout("t".into()).failover(),
+            Failover::Broken
+        );
+        let limited = GatewayError::Mapped {
+            status: 429,
+            message: "m".into(),
+            error_type: "requests".into(),
+            code: "rate_limit_exceeded".into(),
+            param: None,
+            should_retry: Some(true),
+            retry_after: Some(7),
+        };
+        assert_eq!(
+            limited.failover(),
+            Failover::Limited(Duration::from_secs(7))
+        );
+        assert_eq!(
+            GatewayError::invalid_request("x", None).failover(),
+            Failover::Final
+        );
+    }
 
     #[test]
     fn renders_openai_shape() {

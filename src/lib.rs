@@ -7,14 +7,15 @@
 pub mod access_log;
 pub mod cache;
 pub mod config;
+pub mod conversations;
+pub mod downstream;
+pub mod endpoints;
 pub mod error;
-pub mod exchange;
 pub mod filters;
 pub mod forward;
 pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
-pub mod net;
 pub mod protocol;
 pub mod providers;
 pub mod reload;

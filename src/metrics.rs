@@ -154,6 +154,11 @@ impl Metrics {
             &["client", "scenario", "provider"],
         )?;
         registry.register(Box::new(spend_usd_total.clone()))?;
+        // Series whose label values are known up front exist from the start at zero, so an
+        // alert on their increase has something to watch before the first event.
+        for result in ["ok", "error"] {
+            config_reloads_total.with_label_values(&[result]);
+        }
         Ok(Metrics {
             registry,
             requests_total,

@@ -1,11 +1,14 @@
 //! Process-wide state shared by both listeners: the active configuration snapshot (swapped
-//! atomically on reload), metrics, the pooled upstream client and the DNS cache.
+//! atomically on reload), metrics, the router, the upstream client, and the stores (response
+//! cache, client limits, conversations) — built from config in one place, [`Stores::build`].
 
+use crate::cache::{Answers, MemoryAnswers, ResponseCache};
 use crate::config::{Config, ConfigError};
+use crate::conversations::{Conversations, MemoryConversations};
+use crate::limits::{LimitStores, Limits, MemoryLimits};
 use crate::metrics::Metrics;
-use crate::net::Resolver;
+use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
-use pingora::connectors::TransportConnector;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -29,21 +32,41 @@ impl RuntimeState {
     }
 }
 
+/// The stores of state that outlives a request, built for the configured backend (in memory
+/// today; a shared backend adds a variant to each store enum and a branch here).
+pub struct Stores {
+    pub cache: ResponseCache,
+    pub limits: Limits,
+    pub conversations: Conversations,
+}
+
+impl Stores {
+    pub fn build(config: &Config) -> Stores {
+        Stores {
+            cache: ResponseCache::new(Answers::Memory(MemoryAnswers::new(
+                config.cache_max_entries,
+                config.cache_max_bytes,
+            ))),
+            limits: Limits::new(LimitStores::Memory(MemoryLimits::default())),
+            conversations: Conversations::Memory(MemoryConversations::default()),
+        }
+    }
+}
+
 pub struct Shared {
     state: ArcSwap<RuntimeState>,
     pub metrics: Arc<Metrics>,
     /// Breakers, rests, latency and in-flight per target; kept across reloads.
     pub router: crate::routing::Router,
-    /// Pooled TCP/TLS connections to upstreams (the HTTP/1.1 exchange is `forward`'s).
-    pub transport: TransportConnector,
-    pub resolver: Resolver,
+    /// Pooled connections to upstreams and the DNS cache.
+    pub upstream: Upstream,
     /// Cached answers; kept across reloads (keys carry each scenario's config fingerprint).
-    pub cache: crate::cache::ResponseCache,
+    pub cache: ResponseCache,
     reload_lock: parking_lot::Mutex<()>,
     /// Client RPM/TPM/budget/concurrency state.
-    pub limits: Box<dyn crate::limits::LimitStore>,
-    /// Dify conversations per (provider, user, session); kept across reloads.
-    pub conversations: crate::providers::dify::Conversations,
+    pub limits: Limits,
+    /// Conversations per (target, user, session); kept across reloads.
+    pub conversations: Conversations,
     /// Requests in flight and the graceful stop.
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
     pub access_log: crate::access_log::AccessLog,
@@ -56,18 +79,24 @@ impl Shared {
     ) -> Result<Shared, prometheus::Error> {
         let metrics = Arc::new(Metrics::new()?);
         metrics.config_generation.set(1);
-        let cache =
-            crate::cache::ResponseCache::new(config.cache_max_entries, config.cache_max_bytes);
+        let Stores {
+            cache,
+            limits,
+            conversations,
+        } = Stores::build(&config);
+        let router = crate::routing::Router::new(metrics.clone());
+        // Every configured target is known (and exported) from the start, not after its first
+        // request.
+        router.sync(&config);
         Ok(Shared {
             cache,
             reload_lock: parking_lot::Mutex::new(()),
-            limits: Box::new(crate::limits::MemoryLimits::default()),
+            limits,
             state: ArcSwap::from_pointee(RuntimeState::new(config, 1)),
-            router: crate::routing::Router::new(metrics.clone()),
+            router,
             metrics,
-            transport: TransportConnector::new(None),
-            resolver: Resolver::default(),
-            conversations: crate::providers::dify::new_conversations(),
+            upstream: Upstream::new(),
+            conversations,
             lifecycle: Arc::default(),
             access_log,
         })
@@ -93,7 +122,7 @@ impl Shared {
                 for w in &cfg.warnings {
                     log::warn!("{w}");
                 }
-                self.router.retain(&cfg);
+                self.router.sync(&cfg);
                 self.state
                     .store(Arc::new(RuntimeState::new(cfg, generation)));
                 if restart_required {

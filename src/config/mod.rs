@@ -117,9 +117,21 @@ pub struct DifySettings {
 }
 
 #[derive(Debug, Clone)]
+pub struct MockSettings {
+    pub reply: Option<String>,
+    pub latency: Duration,
+    pub chunk_delay: Duration,
+    pub fail_rate: f64,
+    pub status: u16,
+    pub retry_after: Option<u64>,
+    pub cut_after: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
 pub enum ProviderKind {
     OpenAi,
     Dify(DifySettings),
+    Mock(MockSettings),
 }
 
 #[derive(Debug)]
@@ -140,7 +152,12 @@ impl Provider {
         match self.kind {
             ProviderKind::OpenAi => "openai",
             ProviderKind::Dify(_) => "dify",
+            ProviderKind::Mock(_) => "mock",
         }
+    }
+
+    pub fn missing_key(&self) -> bool {
+        self.api_key.is_none() && !matches!(self.kind, ProviderKind::Mock(_))
     }
 }
 

@@ -21,6 +21,15 @@ impl Usage {
     }
 }
 
+/// One streamed piece of a tool call, provider-neutral.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolCallPiece {
+    pub index: u32,
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub arguments: String,
+}
+
 pub struct ChunkWriter {
     pub id: String,
     pub created: u64,
@@ -54,6 +63,20 @@ impl ChunkWriter {
 
     pub fn reasoning(&self, text: &str) -> Bytes {
         self.chunk(json!({"reasoning_content": text}), None)
+    }
+
+    /// A piece of a tool call: the first piece of a call carries its id and name, later ones
+    /// only more of the arguments.
+    pub fn tool_call(&self, piece: &ToolCallPiece) -> Bytes {
+        let mut call = json!({"index": piece.index, "function": {"arguments": piece.arguments}});
+        if let Some(id) = &piece.id {
+            call["id"] = Value::String(id.clone());
+            call["type"] = Value::String("function".into());
+        }
+        if let Some(name) = &piece.name {
+            call["function"]["name"] = Value::String(name.clone());
+        }
+        self.chunk(json!({"tool_calls": [call]}), None)
     }
 
     pub fn finish(&self, reason: &str) -> Bytes {

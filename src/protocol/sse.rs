@@ -123,6 +123,9 @@ impl SseParser {
     }
 }
 
+/// The SSE terminator every stream ends with, on success or failure.
+pub const SSE_DONE: &[u8] = b"data: [DONE]\n\n";
+
 #[cfg(test)]
 mod tests {
     use super::*;

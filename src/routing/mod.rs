@@ -16,7 +16,7 @@ use breaker::{Admission, Breaker};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,8 @@ pub struct TargetState {
     observed: Mutex<Observed>,
     /// The breaker state last exported, so the gauge is touched only on transitions.
     published: AtomicI64,
+    /// Its provider has no API key: routing skips it (shown by `/admin/providers`).
+    no_key: AtomicBool,
 }
 
 impl TargetState {
@@ -226,33 +228,46 @@ impl Router {
             inflight: AtomicU32::new(0),
             observed: Mutex::new(Observed::default()),
             published: AtomicI64::new(-1),
+            no_key: AtomicBool::new(t.provider.missing_key()),
         });
         s.publish(&self.metrics, 0);
         map.insert(key, s.clone());
         s
     }
 
-    /// After a reload: forgets targets the config no longer has, or whose provider now points
-    /// elsewhere (their breaker and latency history described another endpoint). State of
-    /// unchanged targets is kept as is.
-    pub fn retain(&self, config: &crate::config::Config) {
+    /// At start and after a reload: knows every target of `config` (so `/admin/providers` and
+    /// the per-target series list them before any traffic), and forgets targets the config no
+    /// longer has, or whose provider now points elsewhere (their breaker and latency history
+    /// described another endpoint). State of unchanged targets is kept as is.
+    pub fn sync(&self, config: &crate::config::Config) {
         let live: HashMap<String, String> = config
             .scenarios
             .values()
             .flat_map(|s| s.targets.iter())
             .map(|t| (target_key(t), endpoint(t)))
             .collect();
-        let mut map = self.targets.lock();
-        map.retain(|key, s| {
-            let keep = live.get(key) == Some(&s.endpoint);
-            if !keep {
-                let _ = self
-                    .metrics
-                    .circuit_state
-                    .remove_label_values(&[&s.provider, &s.label]);
-            }
-            keep
-        });
+        {
+            let mut map = self.targets.lock();
+            map.retain(|key, s| {
+                let keep = live.get(key) == Some(&s.endpoint);
+                if !keep {
+                    let _ = self
+                        .metrics
+                        .circuit_state
+                        .remove_label_values(&[&s.provider, &s.label]);
+                }
+                keep
+            });
+        }
+        for t in config.scenarios.values().flat_map(|s| s.targets.iter()) {
+            self.state(t)
+                .no_key
+                .store(t.provider.missing_key(), Ordering::Relaxed);
+        }
+        for p in config.providers.values() {
+            // Creates the provider's gauge at zero; an existing one keeps its value.
+            self.metrics.inflight_requests.with_label_values(&[&p.name]);
+        }
     }
 
     fn slots(&self, p: &Provider) -> Arc<AtomicU32> {
@@ -269,7 +284,7 @@ impl Router {
         let mut missing = Vec::new();
         let mut candidates: Vec<Candidate<'a>> = Vec::with_capacity(scenario.targets.len());
         for t in &scenario.targets {
-            if t.provider.api_key.is_none() {
+            if t.provider.missing_key() {
                 missing.push(format!("provider {} has no api_key", t.provider.name));
                 continue;
             }
@@ -398,7 +413,7 @@ impl Router {
     pub fn has_usable_target(&self, scenario: &Scenario) -> bool {
         let now = Instant::now();
         scenario.targets.iter().any(|t| {
-            t.provider.api_key.is_some() && {
+            !t.provider.missing_key() && {
                 let s = self.state(t);
                 let b = s.breaker.lock();
                 !matches!(b.state, breaker::State::Open { until } if until > now)
@@ -454,6 +469,7 @@ impl Router {
                     "ttft_p99_seconds": pct(0.99),
                     "ttft_ewma_seconds": o.ewma_ttft,
                     "last_error": o.last_error,
+                    "skipped": s.no_key.load(Ordering::Relaxed).then_some("no api_key"),
                 })
             })
             .collect();

@@ -1,17 +1,16 @@
 //! The pingora side: both listeners are pingora HTTP apps (`HttpServerApp`) backed by one
-//! `Gateway`. Each request is read by pingora, answered by the gateway's own handlers (the
-//! upstream call is the gateway's own too, see `forward`), then its metrics and access-log line
-//! are recorded and the connection goes back to pingora for keep-alive. The request context
-//! keeps the request in the in-flight count that the SIGTERM drain waits on.
+//! `Gateway`. Each request is read by pingora, dispatched through the one route table
+//! (`routes`) to its endpoint (the upstream call is the gateway's own too, see `forward`), then
+//! its metrics and access-log line are recorded and the connection goes back to pingora for
+//! keep-alive. The request context keeps the request in the in-flight count that the SIGTERM
+//! drain waits on.
 
 mod admin;
-mod api;
+pub mod routes;
 
-use crate::error::GatewayError;
-use crate::exchange::{self, RequestCtx};
+use crate::downstream::{self, CacheState, RequestCtx};
 use crate::state::Shared;
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::protocols::http::ServerSession as Session;
 use pingora::server::ShutdownWatch;
@@ -28,131 +27,6 @@ pub enum Role {
 pub struct Gateway {
     pub role: Role,
     pub shared: Arc<Shared>,
-}
-
-/// The raw `Authorization` header value, for the key checks of both listeners.
-pub(crate) fn authorization(session: &Session) -> Option<&[u8]> {
-    session
-        .req_header()
-        .headers
-        .get("authorization")
-        .map(|v| v.as_bytes())
-}
-
-/// Routes the gateway serves; anything else is logged as `(other)`.
-fn known_path(path: &str) -> bool {
-    matches!(
-        path,
-        "/v1/chat/completions"
-            | "/chat/completions"
-            | "/v1/models"
-            | "/models"
-            | "/admin/providers"
-            | "/admin/config"
-            | "/admin/reload"
-            | "/admin/cache"
-            | "/admin/clients"
-    )
-}
-
-fn request_id(session: &Session) -> String {
-    match session
-        .req_header()
-        .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(id) if exchange::echoable(id) && id.len() <= 128 => id.to_owned(),
-        _ => uuid::Uuid::new_v4().simple().to_string(),
-    }
-}
-
-/// How much of an oversized body is read and discarded so the client sees the 413: HTTP/1.1
-/// clients (httpx, the OpenAI SDKs) finish sending before they read the answer, and a connection
-/// closed under them surfaces as a connection error instead of the status.
-const MAX_DRAIN: usize = 64 << 20;
-
-fn req_expects_continue(session: &Session) -> bool {
-    let req = session.req_header();
-    req.version == http::Version::HTTP_11
-        && req
-            .headers
-            .get("expect")
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-}
-
-/// Reads the whole request body; over `limit` the rest is drained (up to [`MAX_DRAIN`], never
-/// kept) and the request is refused.
-pub(crate) async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, GatewayError> {
-    let declared = session
-        .req_header()
-        .headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let mut over = declared.is_some_and(|n| n > limit as u64);
-    // `Expect: 100-continue` (curl sends it for bodies over 1 MiB, and waits a second for the
-    // answer otherwise): a body that is too large is refused before it is sent, any other is
-    // invited.
-    let expects_continue = req_expects_continue(session);
-    if declared.is_some_and(|n| n > limit.saturating_add(MAX_DRAIN) as u64)
-        || (over && expects_continue)
-    {
-        session.set_keepalive(None);
-        return Err(GatewayError::RequestTooLarge { limit });
-    }
-    if expects_continue {
-        let invite = pingora::http::ResponseHeader::build_no_case(100, Some(0))
-            .map_err(|e| GatewayError::Internal(format!("100 Continue: {e}")))?;
-        if session
-            .write_response_header(Box::new(invite))
-            .await
-            .is_err()
-        {
-            session.set_keepalive(None);
-            return Err(GatewayError::invalid_request(
-                "could not read the request body: the connection closed",
-                None,
-            ));
-        }
-    }
-    let capacity = if over {
-        0
-    } else {
-        declared.map_or(16 * 1024, |n| n as usize)
-    };
-    let mut buf = BytesMut::with_capacity(capacity);
-    let mut seen = 0usize;
-    loop {
-        match session.read_request_body().await {
-            Ok(Some(chunk)) => {
-                seen += chunk.len();
-                if seen > limit {
-                    over = true;
-                    buf = BytesMut::new();
-                }
-                if seen > limit.saturating_add(MAX_DRAIN) {
-                    session.set_keepalive(None);
-                    break;
-                }
-                if !over {
-                    buf.extend_from_slice(&chunk);
-                }
-            }
-            Ok(None) => break,
-            Err(e) => {
-                session.set_keepalive(None);
-                return Err(GatewayError::invalid_request(
-                    format!("could not read the request body: {}", e.etype().as_str()),
-                    None,
-                ));
-            }
-        }
-    }
-    if over {
-        return Err(GatewayError::RequestTooLarge { limit });
-    }
-    Ok(buf.freeze())
 }
 
 /// Waits for the service's shutdown signal (an idle keep-alive connection must not hold the
@@ -185,7 +59,7 @@ impl HttpServerApp for Gateway {
             Ok(false) => return None,
             Err(e) => {
                 if e.etype() == &pingora::ErrorType::InvalidHTTPHeader {
-                    exchange::write_malformed(&mut session).await;
+                    downstream::write_malformed(&mut session).await;
                 }
                 session.shutdown().await;
                 return None;
@@ -219,13 +93,10 @@ impl Gateway {
     }
 
     async fn serve(&self, session: &mut Session, ctx: &mut RequestCtx) {
-        ctx.request_id = request_id(session);
-        let result = match self.role {
-            Role::Api => api::handle(&self.shared, session, ctx).await,
-            Role::Admin => admin::handle(&self.shared, session, ctx).await,
-        };
+        ctx.request_id = downstream::request_id(session);
+        let result = routes::dispatch(&self.shared, self.role, session, ctx).await;
         if let Err(err) = result {
-            if ctx.status == 0 && exchange::write_error(session, ctx, &err).await.is_err() {
+            if ctx.status == 0 && downstream::write_error(session, ctx, &err).await.is_err() {
                 ctx.status = 499;
             }
         }
@@ -243,14 +114,14 @@ impl Gateway {
             request_id: &ctx.request_id,
             method: req.method.as_str(),
             // Only known routes are logged verbatim: an arbitrary path is client-controlled.
-            path: if known_path(path) { path } else { "(other)" },
+            path: if routes::known(path) { path } else { "(other)" },
             client: ctx.client.as_deref(),
             scenario: ctx.scenario.as_deref(),
             provider: ctx.provider.as_deref(),
             stream: ctx.stream,
             attempts: ctx.attempts,
             status: ctx.status,
-            cache: ctx.cache,
+            cache: ctx.cache.as_str(),
             error: ctx.error.as_deref(),
             ttft: ctx.ttft,
             duration: elapsed,
@@ -268,7 +139,7 @@ impl Gateway {
         let provider = ctx.provider.as_deref().unwrap_or("-");
         let status = ctx.status.to_string();
         m.requests_total
-            .with_label_values(&[scenario, provider, status.as_str(), ctx.cache])
+            .with_label_values(&[scenario, provider, status.as_str(), ctx.cache.as_str()])
             .inc();
         let elapsed = ctx.started.elapsed();
         m.request_duration_seconds
@@ -294,7 +165,7 @@ impl Gateway {
         }
         // Cache hits cost nothing; every other answer is priced from the target's `cost`.
         let spent = ctx.spent.unwrap_or_else(|| {
-            if ctx.cache == "hit" {
+            if ctx.cache == CacheState::Hit {
                 0.0
             } else {
                 crate::limits::usd(

@@ -1,30 +1,17 @@
-//! Dify stream events → OpenAI deltas, event by event (spec §3, §8).
+//! Dify stream events → provider-neutral answer events, event by event (spec §3, §8).
 //!
-//! The translator is fed parsed SSE events and emits [`Out`] items; it knows nothing of sockets,
+//! The translator is fed parsed SSE events and emits [`crate::providers::Event`]s; it knows nothing of sockets,
 //! so the same code serves streamed and aggregated answers and is unit-tested on recorded
 //! streams split at every byte.
 
-use super::map_error;
+use super::errors::map as map_error;
 use crate::config::DifyApp;
 use crate::error::GatewayError;
 use crate::protocol::chunks::Usage;
 use crate::protocol::sse::SseEvent;
+use crate::providers::Event as Out;
 use serde_json::Value;
 use std::collections::HashMap;
-
-#[derive(Debug)]
-pub enum Out {
-    Content(String),
-    Reasoning(String),
-    /// The terminal event: finish reason and usage (integers always present).
-    Finish {
-        reason: &'static str,
-        usage: Usage,
-    },
-    Error(GatewayError),
-    /// Dify's keep-alive: never data for the client, at most an SSE comment.
-    Ping,
-}
 
 #[derive(Default)]
 struct Thought {
@@ -176,13 +163,13 @@ impl Translator {
         match event {
             "message" | "agent_message" => {
                 if let Some(a) = str_of(&v, "answer") {
-                    out.push(Out::Content(a.to_owned()));
+                    out.push(Out::Text(a.to_owned()));
                 }
             }
             "text_chunk" => {
                 if let Some(t) = v.get("data").and_then(|d| str_of(d, "text")) {
                     self.streamed_text = true;
-                    out.push(Out::Content(t.to_owned()));
+                    out.push(Out::Text(t.to_owned()));
                 }
             }
             "agent_thought" if self.reasoning => {
@@ -215,7 +202,7 @@ impl Translator {
                     } else {
                         format!("\n[file]({url})\n")
                     };
-                    out.push(Out::Content(link));
+                    out.push(Out::Text(link));
                 }
             }
             "message_replace" => {
@@ -257,7 +244,7 @@ impl Translator {
                         out.push(Out::Error(GatewayError::UpstreamError(format!(
                             "dify provider {}: workflow failed: {}",
                             self.provider,
-                            crate::forward::sanitize(err)
+                            crate::error::sanitize(err)
                         ))));
                     }
                     _ => {
@@ -265,7 +252,7 @@ impl Translator {
                             if let Some(answer) =
                                 d.get("outputs").and_then(|o| self.workflow_answer(o))
                             {
-                                out.push(Out::Content(answer));
+                                out.push(Out::Text(answer));
                             }
                         }
                         let total = u64_of(&d["total_tokens"]);
@@ -376,7 +363,7 @@ mod tests {
         let out = same_at_every_split(DifyApp::Chat, false, None, CHAT);
         assert_eq!(
             out,
-            r#"[Content("你好"), Ping, Content(", world"), Content("\n![image](https://dify.example/files/x.png?sig=1)\n"), Finish { reason: "stop", usage: Usage { prompt_tokens: 10, completion_tokens: 5, total_tokens: 15 } }]"#
+            r#"[Text("你好"), Ping, Text(", world"), Text("\n![image](https://dify.example/files/x.png?sig=1)\n"), Finish { reason: "stop", usage: Usage { prompt_tokens: 10, completion_tokens: 5, total_tokens: 15 } }]"#
         );
         let (_, tr) = run(DifyApp::Chat, false, None, &[CHAT.as_bytes()]);
         assert_eq!(tr.id.as_deref(), Some("chatcmpl-m-1"));
@@ -390,7 +377,7 @@ mod tests {
         let out = same_at_every_split(DifyApp::Agent, true, None, AGENT);
         assert_eq!(
             out,
-            r#"[Content("Let me check."), Reasoning("I should search"), Reasoning("\n[search] 3 results\n"), Content(" Done."), Finish { reason: "stop", usage: Usage { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 } }]"#
+            r#"[Text("Let me check."), Reasoning("I should search"), Reasoning("\n[search] 3 results\n"), Text(" Done."), Finish { reason: "stop", usage: Usage { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 } }]"#
         );
         let out = same_at_every_split(DifyApp::Agent, false, None, AGENT);
         assert!(
@@ -404,22 +391,19 @@ mod tests {
         let out = same_at_every_split(DifyApp::Workflow, false, Some("plan"), WORKFLOW);
         assert_eq!(
             out,
-            r#"[Content("为了"), Content("美丽"), Finish { reason: "stop", usage: Usage { prompt_tokens: 42, completion_tokens: 0, total_tokens: 42 } }]"#
+            r#"[Text("为了"), Text("美丽"), Finish { reason: "stop", usage: Usage { prompt_tokens: 42, completion_tokens: 0, total_tokens: 42 } }]"#
         );
         let (_, tr) = run(DifyApp::Workflow, false, None, &[WORKFLOW.as_bytes()]);
         assert_eq!(tr.id.as_deref(), Some("chatcmpl-r-1"));
         // Without text chunks the answer comes from the outputs.
         let no_chunks = "data: {\"event\":\"workflow_finished\",\"workflow_run_id\":\"r-2\",\"data\":{\"status\":\"succeeded\",\"outputs\":{\"a\":1,\"b\":\"only string\"}}}\n\n";
         let (out, _) = run(DifyApp::Workflow, false, None, &[no_chunks.as_bytes()]);
-        assert!(
-            out.starts_with(r#"[Content("only string"), Finish"#),
-            "{out}"
-        );
+        assert!(out.starts_with(r#"[Text("only string"), Finish"#), "{out}");
         let (out, _) = run(DifyApp::Workflow, false, Some("a"), &[no_chunks.as_bytes()]);
-        assert!(out.starts_with(r#"[Content("1"), Finish"#), "{out}");
+        assert!(out.starts_with(r#"[Text("1"), Finish"#), "{out}");
         let json_only = "data: {\"event\":\"workflow_finished\",\"workflow_run_id\":\"r-3\",\"data\":{\"status\":\"succeeded\",\"outputs\":{\"a\":1,\"b\":2}}}\n\n";
         let (out, _) = run(DifyApp::Workflow, false, None, &[json_only.as_bytes()]);
-        assert!(out.contains(r#"Content("{\"a\":1,\"b\":2}")"#), "{out}");
+        assert!(out.contains(r#"Text("{\"a\":1,\"b\":2}")"#), "{out}");
     }
 
     #[test]

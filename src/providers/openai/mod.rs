@@ -1,12 +1,65 @@
 //! OpenAI-compatible upstreams: the request body is the client's, with the target's model,
 //! system prompt and default params applied and the gateway's own fields removed.
-//! Messages are copied as the client's raw JSON text, never re-encoded.
+//! Messages are copied as the client's raw JSON text, never re-encoded; the answer is relayed
+//! as it is.
 
-use super::UpstreamCall;
-use crate::config::Target;
+pub mod errors;
+
+use super::{BuildCx, Deadlines, HookCx, Operation, Provider, UpstreamCall};
+use crate::config::{Provider as ProviderConfig, Target};
 use crate::error::GatewayError;
 use crate::protocol::ChatRequest;
+use crate::upstream::{Auth, Conn, OpenError, Upstream};
 use bytes::Bytes;
+
+pub struct OpenAi<'a>(pub &'a ProviderConfig);
+
+impl Provider for OpenAi<'_> {
+    fn supports(&self, op: Operation) -> bool {
+        matches!(op, Operation::Chat)
+    }
+
+    fn auth(&self) -> Auth<'_> {
+        self.0
+            .api_key
+            .as_ref()
+            .map_or(Auth::None, |k| Auth::Bearer(k.expose()))
+    }
+
+    async fn build<'a>(
+        &'a self,
+        cx: &'a BuildCx<'a>,
+        target: &'a Target,
+        req: &'a ChatRequest,
+    ) -> Result<UpstreamCall, GatewayError> {
+        let system = super::render_system_prompt(cx.config, target, req, cx.vars)?;
+        build_call(target, req, system.as_deref())
+    }
+
+    async fn open<'a>(
+        &'a self,
+        upstream: &'a Upstream,
+        target: &'a Target,
+        call: &'a UpstreamCall,
+        request_id: &'a str,
+        deadlines: Deadlines,
+    ) -> Result<Conn, OpenError> {
+        super::open_http(upstream, target, call, request_id, self.auth(), deadlines).await
+    }
+
+    fn map_error(&self, status: u16, body: &[u8], retry_after: Option<u64>) -> GatewayError {
+        errors::map(&self.0.name, status, body, retry_after)
+    }
+
+    async fn recover<'a>(
+        &'a self,
+        _: &'a HookCx<'a>,
+        _: &'a mut UpstreamCall,
+        _: &'a GatewayError,
+    ) -> bool {
+        false
+    }
+}
 
 fn push_key(out: &mut Vec<u8>, first: &mut bool, key: &str) {
     if !*first {
@@ -33,6 +86,16 @@ pub fn build_body(
                 Some("model"),
             )
         })?;
+    Ok(build_body_with_model(target, req, system, model))
+}
+
+/// The upstream body with `model` as the upstream model.
+pub fn build_body_with_model(
+    target: &Target,
+    req: &ChatRequest,
+    system: Option<&str>,
+    model: &str,
+) -> Vec<u8> {
     let size = req
         .messages
         .iter()
@@ -85,7 +148,7 @@ pub fn build_body(
         }
     }
     out.push(b'}');
-    Ok(out)
+    out
 }
 
 pub fn build_call(
@@ -98,7 +161,7 @@ pub fn build_call(
         path: format!("{}/chat/completions", target.provider.url.base_path),
         body: Bytes::from(body),
         stream: req.stream,
-        dify: None,
+        decoder: None,
     })
 }
 

@@ -5,10 +5,15 @@
 //! Only complete answers are stored (2xx, finished with a finish reason) — never errors,
 //! truncated streams or session requests — in a normalized form that serves both a
 //! `chat.completion` and a replayed SSE stream, whichever way the entry was filled.
+//!
+//! Storage is the [`AnswerStore`]'s (`store.rs`); keys, `Cache-Control`, single-flight and
+//! rendering are this module's.
+
+pub mod store;
 
 use crate::config::Scenario;
-use crate::protocol::chunks::{ChunkWriter, Usage};
-use crate::protocol::ChatRequest;
+use crate::protocol::chunks::ChunkWriter;
+use crate::protocol::{Answer, ChatRequest};
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -16,10 +21,9 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+pub use store::{AnswerStore, Answers, Entry, Key, MemoryAnswers};
 use tokio::sync::watch;
-
-pub type Key = [u8; 32];
 
 /// Request fields that change the answer (besides messages, model and user_profile).
 const KEY_FIELDS: [&str; 18] = [
@@ -43,39 +47,6 @@ const KEY_FIELDS: [&str; 18] = [
     "user",
 ];
 
-/// A complete answer, normalized.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Answer {
-    pub content: String,
-    pub reasoning: String,
-    pub finish_reason: String,
-    pub usage: Usage,
-    pub model: String,
-    pub created: u64,
-}
-
-impl Answer {
-    fn bytes(&self) -> usize {
-        self.content.len() + self.reasoning.len() + self.model.len() + self.finish_reason.len() + 96
-    }
-}
-
-pub struct Entry {
-    pub answer: Answer,
-    pub stored_at: Instant,
-    ttl: Duration,
-    /// One id per entry: every hit of it is the same answer.
-    id: String,
-    /// Bodies rendered on first use: a hit is then a copy of bytes, not a serialization.
-    rendered: [std::sync::OnceLock<Bytes>; 3],
-}
-
-impl Entry {
-    pub fn age(&self) -> Duration {
-        self.stored_at.elapsed()
-    }
-}
-
 /// Fills an [`Answer`] while a response is produced; `complete` only when it may be stored.
 /// The forwarder commits it the moment it is complete, before the answer's last bytes go out,
 /// so a client's next identical request already finds it.
@@ -96,9 +67,9 @@ impl Capture {
     }
 
     /// Stores the answer if it is complete (once).
-    pub fn commit(&mut self, cache: &ResponseCache) {
+    pub async fn commit(&mut self, cache: &ResponseCache) {
         if let (true, None, Some((key, ttl))) = (self.complete, &self.stored, self.slot) {
-            self.stored = Some(cache.insert(key, self.answer.clone(), ttl));
+            self.stored = Some(cache.insert(key, self.answer.clone(), ttl).await);
         }
     }
 }
@@ -207,14 +178,6 @@ pub fn raw_key(
     h.finalize().into()
 }
 
-struct ByTtl;
-
-impl moka::Expiry<Key, Arc<Entry>> for ByTtl {
-    fn expire_after_create(&self, _: &Key, value: &Arc<Entry>, _: Instant) -> Option<Duration> {
-        Some(value.ttl)
-    }
-}
-
 /// What a lookup found.
 pub enum Lookup {
     Hit(Arc<Entry>),
@@ -252,49 +215,41 @@ struct Inner {
     flights: Mutex<HashMap<Key, watch::Receiver<Option<Arc<Entry>>>>>,
 }
 
+/// Counters of the cache as a whole, for `/admin/cache` and `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CacheStats {
+    pub entries: u64,
+    pub bytes: u64,
+    pub lookups: u64,
+    pub hits: u64,
+}
+
 pub struct ResponseCache {
-    store: moka::sync::Cache<Key, Arc<Entry>>,
+    store: Answers,
     /// Raw request hash → canonical key, for requests repeated byte for byte.
     canonical: moka::sync::Cache<Key, Key>,
     inner: Arc<Inner>,
-    bytes: Arc<AtomicU64>,
-    pub hits: AtomicU64,
-    pub lookups: AtomicU64,
+    hits: AtomicU64,
+    lookups: AtomicU64,
 }
 
 impl ResponseCache {
-    pub fn new(max_entries: u64, max_bytes: u64) -> Self {
-        let bytes = Arc::new(AtomicU64::new(0));
-        let counter = bytes.clone();
-        // One weigher enforces both bounds: an entry weighs at least max_bytes / max_entries,
-        // so no more than max_entries fit, and never less than its size, so bytes stay bounded.
-        let floor = (max_bytes / max_entries.max(1)).max(1);
-        let store = moka::sync::Cache::builder()
-            .max_capacity(max_bytes.max(1))
-            .weigher(move |_: &Key, v: &Arc<Entry>| {
-                u32::try_from((v.answer.bytes() as u64).max(floor)).unwrap_or(u32::MAX)
-            })
-            .expire_after(ByTtl)
-            .eviction_listener(move |_, v: Arc<Entry>, _| {
-                counter.fetch_sub(v.answer.bytes() as u64, Ordering::Relaxed);
-            })
-            .build();
+    pub fn new(store: Answers) -> Self {
         ResponseCache {
             store,
             canonical: moka::sync::Cache::new(10_000),
             inner: Arc::new(Inner {
                 flights: Mutex::new(HashMap::new()),
             }),
-            bytes,
             hits: AtomicU64::new(0),
             lookups: AtomicU64::new(0),
         }
     }
 
     /// A stored entry young enough for `max_age`, else the single-flight role for this key.
-    pub fn lookup(&self, key: &Key, max_age: Option<u64>) -> Lookup {
+    pub async fn lookup(&self, key: &Key, max_age: Option<u64>) -> Lookup {
         self.lookups.fetch_add(1, Ordering::Relaxed);
-        if let Some(e) = self.store.get(key) {
+        if let Some(e) = self.store.get(key).await {
             if max_age.is_none_or(|m| e.age() <= Duration::from_secs(m)) {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 return Lookup::Hit(e);
@@ -328,31 +283,28 @@ impl ResponseCache {
         k
     }
 
-    pub fn insert(&self, key: Key, answer: Answer, ttl: Duration) -> Arc<Entry> {
-        self.bytes
-            .fetch_add(answer.bytes() as u64, Ordering::Relaxed);
-        let entry = Arc::new(Entry {
+    pub async fn insert(&self, key: Key, answer: Answer, ttl: Duration) -> Arc<Entry> {
+        let entry = Arc::new(Entry::new(
             answer,
-            stored_at: Instant::now(),
             ttl,
-            id: format!("chatcmpl-cache-{}", hex(&key[..12])),
-            rendered: Default::default(),
-        });
-        self.store.insert(key, entry.clone());
+            format!("chatcmpl-cache-{}", hex(&key[..12])),
+        ));
+        self.store.put(key, entry.clone()).await;
         entry
     }
 
-    pub fn clear(&self) -> u64 {
-        let n = self.store.entry_count();
-        self.store.invalidate_all();
-        self.store.run_pending_tasks();
-        n
+    pub async fn clear(&self) -> u64 {
+        self.store.clear().await
     }
 
-    /// (entries, bytes) after applying pending evictions.
-    pub fn size(&self) -> (u64, u64) {
-        self.store.run_pending_tasks();
-        (self.store.entry_count(), self.bytes.load(Ordering::Relaxed))
+    pub async fn stats(&self) -> CacheStats {
+        let s = self.store.stats().await;
+        CacheStats {
+            entries: s.entries,
+            bytes: s.bytes,
+            lookups: self.lookups.load(Ordering::Relaxed),
+            hits: self.hits.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -411,7 +363,7 @@ fn render_now(a: &Answer, id: String, stream: bool, include_usage: bool) -> Byte
     if include_usage {
         out.extend_from_slice(&w.usage(a.usage));
     }
-    out.extend_from_slice(crate::exchange::SSE_DONE);
+    out.extend_from_slice(crate::protocol::SSE_DONE);
     out.freeze()
 }
 
@@ -490,23 +442,26 @@ mod tests {
         assert_eq!(control(Some("No-Cache, max-age=5")), Control::Refresh);
     }
 
-    #[test]
-    fn byte_bound_and_replay() {
-        let c = ResponseCache::new(100, 1000);
+    #[tokio::test]
+    async fn byte_bound_and_replay() {
+        let c = ResponseCache::new(Answers::Memory(MemoryAnswers::new(100, 1000)));
         let answer = |n: usize| Answer {
             content: "x".repeat(n),
             finish_reason: "stop".into(),
             ..Default::default()
         };
-        c.insert([1; 32], answer(400), Duration::from_secs(60));
-        c.insert([2; 32], answer(400), Duration::from_secs(60));
-        c.insert([3; 32], answer(400), Duration::from_secs(60));
-        let (entries, bytes) = c.size();
+        c.insert([1; 32], answer(400), Duration::from_secs(60))
+            .await;
+        c.insert([2; 32], answer(400), Duration::from_secs(60))
+            .await;
+        c.insert([3; 32], answer(400), Duration::from_secs(60))
+            .await;
+        let CacheStats { entries, bytes, .. } = c.stats().await;
         assert!(
             entries <= 2 && bytes <= 1000,
             "entries {entries} bytes {bytes}"
         );
-        let e = c.insert([9; 32], answer(40), Duration::from_secs(1));
+        let e = c.insert([9; 32], answer(40), Duration::from_secs(1)).await;
         let text = String::from_utf8(render(&e, true, true).to_vec()).unwrap();
         assert_eq!(
             render(&e, true, true),

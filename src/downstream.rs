@@ -1,8 +1,9 @@
-//! The downstream half of a request: per-request context, response headers the contract promises
-//! (§1.4), and writing JSON bodies, SSE events and errors to the client.
+//! The downstream half of a request: per-request context, reading what the client sent (headers,
+//! the bounded body), the response headers the contract promises (§1.4), and writing JSON
+//! bodies, SSE events and errors to the client.
 
 use crate::error::GatewayError;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession as Session;
@@ -10,6 +11,28 @@ use std::time::{Duration, Instant};
 
 /// A static value is not copied into the header (`HeaderValue::from_str` allocates).
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// What the response cache did for a request (`x-gateway-cache`, metrics, access log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheState {
+    /// The scenario has no cache.
+    Off,
+    Hit,
+    Miss,
+    /// The client's `Cache-Control` or a session skipped the lookup.
+    Bypass,
+}
+
+impl CacheState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheState::Off => "off",
+            CacheState::Hit => "hit",
+            CacheState::Miss => "miss",
+            CacheState::Bypass => "bypass",
+        }
+    }
+}
 
 /// What one request accumulates on its way; read afterwards for metrics and the access log.
 pub struct RequestCtx {
@@ -19,7 +42,7 @@ pub struct RequestCtx {
     pub scenario: Option<String>,
     pub provider: Option<String>,
     pub attempts: u32,
-    pub cache: &'static str,
+    pub cache: CacheState,
     pub session: Option<String>,
     /// Status sent downstream; 499 when the client went away first.
     pub status: u16,
@@ -60,7 +83,7 @@ impl RequestCtx {
             scenario: None,
             provider: None,
             attempts: 0,
-            cache: "off",
+            cache: CacheState::Off,
             session: None,
             status: 0,
             upstream_wait: Duration::ZERO,
@@ -99,8 +122,11 @@ pub fn response_header(status: u16, ctx: &RequestCtx) -> Result<ResponseHeader, 
     h.insert_header("x-request-id", ctx.request_id.as_str())
         .map_err(bad)?;
     if ctx.metered {
-        h.insert_header("x-gateway-cache", HeaderValue::from_static(ctx.cache))
-            .map_err(bad)?;
+        h.insert_header(
+            "x-gateway-cache",
+            HeaderValue::from_static(ctx.cache.as_str()),
+        )
+        .map_err(bad)?;
     }
     if let Some(s) = &ctx.scenario {
         h.insert_header("x-gateway-scenario", s.as_str())
@@ -211,5 +237,122 @@ pub fn sse_header(ctx: &RequestCtx) -> Result<ResponseHeader, GatewayError> {
     Ok(h)
 }
 
-/// The SSE terminator every stream ends with, on success or failure.
-pub const SSE_DONE: &[u8] = b"data: [DONE]\n\n";
+/// A request header as UTF-8 text: profile values carry names in Chinese, which `to_str`
+/// (visible ASCII only) would drop.
+pub fn header<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
+    session
+        .req_header()
+        .headers
+        .get(name)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+}
+
+/// The raw `Authorization` header value, for the key checks of both listeners.
+pub fn authorization(session: &Session) -> Option<&[u8]> {
+    session
+        .req_header()
+        .headers
+        .get("authorization")
+        .map(|v| v.as_bytes())
+}
+
+/// The client's `x-request-id` when it is safe to echo, else a fresh one.
+pub fn request_id(session: &Session) -> String {
+    match session
+        .req_header()
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(id) if echoable(id) && id.len() <= 128 => id.to_owned(),
+        _ => uuid::Uuid::new_v4().simple().to_string(),
+    }
+}
+
+/// How much of an oversized body is read and discarded so the client sees the 413: HTTP/1.1
+/// clients (httpx, the OpenAI SDKs) finish sending before they read the answer, and a connection
+/// closed under them surfaces as a connection error instead of the status.
+const MAX_DRAIN: usize = 64 << 20;
+
+fn expects_continue(session: &Session) -> bool {
+    let req = session.req_header();
+    req.version == http::Version::HTTP_11
+        && req
+            .headers
+            .get("expect")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// Reads the whole request body; over `limit` the rest is drained (up to [`MAX_DRAIN`], never
+/// kept) and the request is refused.
+pub async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, GatewayError> {
+    let declared = session
+        .req_header()
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let mut over = declared.is_some_and(|n| n > limit as u64);
+    // `Expect: 100-continue` (curl sends it for bodies over 1 MiB, and waits a second for the
+    // answer otherwise): a body that is too large is refused before it is sent, any other is
+    // invited.
+    let expects_continue = expects_continue(session);
+    if declared.is_some_and(|n| n > limit.saturating_add(MAX_DRAIN) as u64)
+        || (over && expects_continue)
+    {
+        session.set_keepalive(None);
+        return Err(GatewayError::RequestTooLarge { limit });
+    }
+    if expects_continue {
+        let invite = pingora::http::ResponseHeader::build_no_case(100, Some(0))
+            .map_err(|e| GatewayError::Internal(format!("100 Continue: {e}")))?;
+        if session
+            .write_response_header(Box::new(invite))
+            .await
+            .is_err()
+        {
+            session.set_keepalive(None);
+            return Err(GatewayError::invalid_request(
+                "could not read the request body: the connection closed",
+                None,
+            ));
+        }
+    }
+    let capacity = if over {
+        0
+    } else {
+        declared.map_or(16 * 1024, |n| n as usize)
+    };
+    let mut buf = BytesMut::with_capacity(capacity);
+    let mut seen = 0usize;
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                seen += chunk.len();
+                if seen > limit {
+                    over = true;
+                    buf = BytesMut::new();
+                }
+                if seen > limit.saturating_add(MAX_DRAIN) {
+                    session.set_keepalive(None);
+                    break;
+                }
+                if !over {
+                    buf.extend_from_slice(&chunk);
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                session.set_keepalive(None);
+                return Err(GatewayError::invalid_request(
+                    format!("could not read the request body: {}", e.etype().as_str()),
+                    None,
+                ));
+            }
+        }
+    }
+    if over {
+        return Err(GatewayError::RequestTooLarge { limit });
+    }
+    Ok(buf.freeze())
+}

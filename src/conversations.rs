@@ -1,0 +1,101 @@
+//! Conversation state the gateway keeps on behalf of clients: per (target, user, session), the
+//! upstream's conversation id (Dify's `conversation_id` today; Responses API ids and privacy
+//! placeholders later). Behind [`ConversationStore`], so a shared backend can replace the
+//! in-memory one without touching the providers that use it.
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Conversations remembered at most (least recently used go first) and how long an unused one
+/// is kept. The upstream keeps the conversation itself; this only maps a client session onto it.
+pub const MAX_CONVERSATIONS: u64 = 100_000;
+pub const CONVERSATION_IDLE: Duration = Duration::from_secs(24 * 3600);
+
+/// Whose conversation: the target (provider name), the end user and the client's session.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ConversationKey {
+    pub target: String,
+    pub user: String,
+    pub session: String,
+}
+
+/// Where conversation ids live. Implementations are cheap to call on the request path: the
+/// in-memory one never waits.
+pub trait ConversationStore: Send + Sync {
+    fn get(&self, key: &ConversationKey) -> impl Future<Output = Option<String>> + Send;
+    /// Remembers `id` for `key`; it is forgotten after `CONVERSATION_IDLE` unused.
+    fn put(&self, key: ConversationKey, id: String) -> impl Future<Output = ()> + Send;
+    fn remove(&self, key: &ConversationKey) -> impl Future<Output = ()> + Send;
+}
+
+/// Conversations in this process (moka: bounded, idle expiry).
+pub struct MemoryConversations {
+    map: moka::sync::Cache<ConversationKey, String>,
+}
+
+impl Default for MemoryConversations {
+    fn default() -> Self {
+        MemoryConversations {
+            map: moka::sync::Cache::builder()
+                .max_capacity(MAX_CONVERSATIONS)
+                .time_to_idle(CONVERSATION_IDLE)
+                .build(),
+        }
+    }
+}
+
+impl ConversationStore for MemoryConversations {
+    async fn get(&self, key: &ConversationKey) -> Option<String> {
+        self.map.get(key)
+    }
+    async fn put(&self, key: ConversationKey, id: String) {
+        self.map.insert(key, id);
+    }
+    async fn remove(&self, key: &ConversationKey) {
+        self.map.invalidate(key);
+    }
+}
+
+/// The configured backend; a variant per backend keeps calls statically dispatched (no boxed
+/// future per request).
+pub enum Conversations {
+    Memory(MemoryConversations),
+}
+
+impl ConversationStore for Conversations {
+    async fn get(&self, key: &ConversationKey) -> Option<String> {
+        match self {
+            Conversations::Memory(m) => m.get(key).await,
+        }
+    }
+    async fn put(&self, key: ConversationKey, id: String) {
+        match self {
+            Conversations::Memory(m) => m.put(key, id).await,
+        }
+    }
+    async fn remove(&self, key: &ConversationKey) {
+        match self {
+            Conversations::Memory(m) => m.remove(key).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn remembers_and_forgets() {
+        let store = Conversations::Memory(MemoryConversations::default());
+        let key = ConversationKey {
+            target: "dify".into(),
+            user: "u".into(),
+            session: "s".into(),
+        };
+        assert_eq!(store.get(&key).await, None);
+        store.put(key.clone(), "c1".into()).await;
+        assert_eq!(store.get(&key).await.as_deref(), Some("c1"));
+        store.remove(&key).await;
+        assert_eq!(store.get(&key).await, None);
+    }
+}

@@ -1,0 +1,5 @@
+//! The API listener's endpoints, one module each. An endpoint reads its request, runs the
+//! filters, and answers — itself, from the cache, or through `forward`.
+
+pub mod chat;
+pub mod models;

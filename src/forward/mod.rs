@@ -1,0 +1,177 @@
+//! Forwarding a request to the upstreams: the attempt loop. It names no provider: each target's
+//! provider (`providers::of`) builds and opens the call, maps error answers, and decides through
+//! the error it returns whether routing fails over, rests the target or answers the client.
+//!
+//! - `attempt.rs`: one attempt — open, status, hand the answer to a relay;
+//! - `passthrough.rs`: OpenAI-shaped answers, relayed byte for byte while being observed;
+//! - `translated.rs`: any other protocol, decoded into events and written as OpenAI chunks;
+//! - `failure.rs`: outcomes and failures; `wait.rs`: reads that watch client and shutdown.
+//!
+//! Downstream headers are held until the upstream has produced its first content (or terminal)
+//! event, so an upstream that accepts the request but never answers still gets the client a real
+//! 504 rather than a 200 followed by silence. Once bytes went downstream a failure can only be
+//! reported in the stream: an error event followed by `data: [DONE]`, never a silent close.
+
+mod attempt;
+pub mod failure;
+mod passthrough;
+mod translated;
+mod wait;
+
+use crate::config::{Config, Scenario};
+use crate::downstream::RequestCtx;
+use crate::error::{Failover, GatewayError};
+use crate::protocol::ChatRequest;
+use crate::providers::{self, BuildCx, Provider, TemplateVars};
+use crate::routing::Skip;
+use crate::state::Shared;
+use failure::Failure;
+use pingora::protocols::http::ServerSession as Session;
+use std::time::{Duration, Instant};
+
+/// What is being forwarded: the request and the config it is served with.
+pub struct Job<'a> {
+    pub config: &'a Config,
+    pub scenario: &'a Scenario,
+    pub req: &'a ChatRequest,
+    pub vars: &'a TemplateVars<'a>,
+}
+
+/// The attempt loop (DESIGN §1.7): the scenario's candidates in strategy order, one pass,
+/// failing over before the first byte on connect errors, timeouts, 5xx, 429 and streams that
+/// break before their first content; skipping targets whose breaker is open, that rest after a
+/// 429, or whose provider is at `max_concurrency`; bounded by `retry.attempts` and the global
+/// retry budget. A single-target scenario retries that target with jittered backoff.
+pub async fn serve(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    job: &Job<'_>,
+) -> Result<(), GatewayError> {
+    let router = &shared.router;
+    let scenario = job.scenario;
+    router.budget.record_request(Instant::now());
+    let plan = router.plan(scenario)?;
+    let n = plan.candidates.len();
+    let cap = plan.candidates[0].target.retry.attempts.max(1) as usize;
+    let mut skips: Vec<Skip> = Vec::new();
+    let mut last: Option<GatewayError> = None;
+    let mut previous: Option<usize> = None;
+    let mut made = 0usize;
+    // One pass over the chain; a lone target may be tried up to `attempts` times.
+    let order = (0..if n == 1 { cap } else { n }).map(move |i| if n == 1 { 0 } else { i });
+    let cx = BuildCx {
+        config: job.config,
+        upstream: &shared.upstream,
+        conversations: &shared.conversations,
+        vars: job.vars,
+    };
+    for idx in order {
+        if made == cap {
+            break;
+        }
+        let c = &plan.candidates[idx];
+        let mut guard = match router.admit(c, Instant::now()) {
+            Ok(g) => g,
+            Err(skip) => {
+                skips.push(skip);
+                continue;
+            }
+        };
+        if let Some(prev) = previous {
+            if !router.budget.try_retry(Instant::now()) {
+                break;
+            }
+            if prev == idx {
+                let r = c.target.retry;
+                let exp = r
+                    .backoff
+                    .saturating_mul(1u32 << (made - 1).min(16) as u32)
+                    .min(r.max_backoff);
+                // Full jitter in [50 %, 100 %]: retries of many clients do not line up.
+                tokio::time::sleep(exp.mul_f64(0.5 + fastrand::f64() * 0.5)).await;
+            } else {
+                let from = &plan.candidates[prev];
+                shared
+                    .metrics
+                    .fallbacks_total
+                    .with_label_values(&[
+                        &scenario.name,
+                        &from.target.provider.name,
+                        &c.target.provider.name,
+                    ])
+                    .inc();
+            }
+        }
+        made += 1;
+        previous = Some(idx);
+        let provider = providers::of(&c.target.provider);
+        let call = provider.build(&cx, c.target, job.req).await?;
+        if let Some(c) = &mut ctx.capture {
+            c.reset();
+        }
+        let result = attempt::run(
+            shared, session, ctx, job, c.target, &provider, call, &mut guard,
+        )
+        .await;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(Failure {
+                mut error,
+                failover,
+            }) => {
+                error.scrub(&job.config.secrets());
+                let text = error.to_string();
+                match failover {
+                    Failover::Final => return Err(*error),
+                    Failover::Broken => guard.failure(&text),
+                    Failover::Limited(d) => guard.rest(Instant::now() + d, &text),
+                }
+                log::debug!(
+                    "request {}: target {} failed: {text}",
+                    ctx.request_id,
+                    c.label()
+                );
+                last = Some(*error);
+            }
+        }
+    }
+    if let Some(e) = last {
+        return Err(e);
+    }
+    Err(unavailable(scenario, &skips))
+}
+
+/// Nothing could be tried: 429 when every target rests after a 429, else 503; `Retry-After`
+/// is the soonest time something can serve again.
+fn unavailable(scenario: &Scenario, skips: &[Skip]) -> GatewayError {
+    let now = Instant::now();
+    let soonest = skips
+        .iter()
+        .map(|s| match s {
+            Skip::Open { retry_at } => retry_at.saturating_duration_since(now),
+            Skip::Resting { until } => until.saturating_duration_since(now),
+            Skip::Full => Duration::from_secs(1),
+        })
+        .min()
+        .unwrap_or(Duration::from_secs(1));
+    let secs = soonest.as_secs_f64().ceil().max(1.0) as u64;
+    if !skips.is_empty() && skips.iter().all(|s| matches!(s, Skip::Resting { .. })) {
+        return GatewayError::Mapped {
+            status: 429,
+            message: format!("every target of scenario {} is rate limited", scenario.name),
+            error_type: "rate_limit_error".into(),
+            code: "rate_limited".into(),
+            param: None,
+            should_retry: Some(true),
+            retry_after: Some(secs),
+        };
+    }
+    GatewayError::UpstreamUnavailable {
+        message: format!(
+            "no target of scenario {} is available (circuit open or at max_concurrency)",
+            scenario.name
+        ),
+        retry_after: Duration::from_secs(secs),
+    }
+}

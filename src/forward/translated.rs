@@ -1,0 +1,398 @@
+//! Answers in another protocol, decoded into provider-neutral events and written as OpenAI
+//! chunks (or one aggregated `chat.completion` for a non-stream request). The provider's
+//! decoder supplies the events and its hooks (remember state when the answer completes, stop
+//! the upstream's work when it is abandoned); this relay names no provider.
+
+use super::attempt::Attempt;
+use super::failure::{fail, Failure, Outcome};
+use super::wait::{next, Step};
+use super::Job;
+use crate::downstream::{self, RequestCtx};
+use crate::error::GatewayError;
+use crate::protocol::chunks::ChunkWriter;
+use crate::protocol::sse::SseParser;
+use crate::protocol::{Answer, SSE_DONE};
+use crate::providers::{Decoder, Event};
+use crate::upstream::{self, Conn};
+use bytes::BytesMut;
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession as Session;
+use std::time::{Duration, Instant};
+
+/// The most answer text kept for an aggregated answer or the cache.
+const MAX_RESPONSE: usize = 64 << 20;
+/// How long to wait for the end of an upstream body that is no longer needed before closing
+/// the connection instead of pooling it.
+const DRAIN_LIMIT: Duration = Duration::from_millis(500);
+
+/// What the client asked for, as the written chunks must reflect it.
+pub struct ClientView {
+    /// `model` echoed in every chunk: what the client asked for.
+    pub model: String,
+    pub include_usage: bool,
+    pub stream: bool,
+}
+
+impl ClientView {
+    pub fn of(job: &Job<'_>) -> Self {
+        ClientView {
+            model: job
+                .req
+                .model
+                .clone()
+                .unwrap_or_else(|| job.scenario.name.clone()),
+            include_usage: job.req.include_usage,
+            stream: job.req.stream,
+        }
+    }
+}
+
+/// Where a translated answer stands.
+struct Out<'a> {
+    writer: ChunkWriter,
+    client_stream: bool,
+    headers_sent: bool,
+    content: String,
+    reasoning: String,
+    /// The answer grew past MAX_RESPONSE: no longer kept (a non-stream answer fails).
+    overflow: bool,
+    pending: BytesMut,
+    ctx: &'a mut RequestCtx,
+}
+
+impl Out<'_> {
+    fn ensure_started(&mut self) -> Result<Option<ResponseHeader>, GatewayError> {
+        if self.headers_sent || !self.client_stream {
+            return Ok(None);
+        }
+        self.headers_sent = true;
+        self.ctx.status = 200;
+        self.pending.extend_from_slice(&self.writer.role());
+        downstream::sse_header(self.ctx).map(Some)
+    }
+
+    /// Keeps `text` for the whole answer unless that would pass the bound.
+    fn keep(&mut self, text: &str, reasoning: bool) {
+        if self.content.len() + self.reasoning.len() + text.len() > MAX_RESPONSE {
+            self.overflow = true;
+        } else if reasoning {
+            self.reasoning.push_str(text);
+        } else {
+            self.content.push_str(text);
+            if let Some(d) = &mut self.ctx.delivered {
+                d.push_str(text);
+            }
+        }
+    }
+}
+
+/// How the read loop ended early.
+enum Stop {
+    /// Answer the attempt with this.
+    Return(Result<(), Failure>),
+    /// The answer started: end it with this error (or fail the attempt if nothing was sent).
+    /// `abandon`: the upstream may still be working on it, so its work is stopped.
+    Error { error: GatewayError, abandon: bool },
+}
+
+pub async fn relay(
+    a: &mut Attempt<'_>,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    mut up: Conn,
+    mut decoder: Decoder,
+    client: ClientView,
+) -> Result<(), Failure> {
+    let writer = ChunkWriter {
+        id: String::new(),
+        created: 0,
+        model: client.model,
+        include_usage: client.include_usage,
+    };
+    let mut out = Out {
+        writer,
+        client_stream: client.stream,
+        headers_sent: false,
+        content: String::new(),
+        reasoning: String::new(),
+        overflow: false,
+        pending: BytesMut::new(),
+        ctx,
+    };
+    let mut header: Option<ResponseHeader> = None;
+    match read_loop(a, session, &mut out, &mut up, &mut decoder, &mut header).await {
+        Ok(()) => {}
+        Err(Stop::Return(r)) => return r,
+        Err(Stop::Error { error, abandon }) => {
+            up.shutdown().await;
+            if abandon {
+                decoder.on_abandon(&a.hooks()).await;
+            }
+            return finish_with_error(a, session, &mut out, error, header.take()).await;
+        }
+    }
+    if !out.client_stream {
+        let body = out.pending.split().freeze();
+        if downstream::write_json(session, out.ctx, 200, body)
+            .await
+            .is_err()
+        {
+            out.ctx.status = 499;
+        }
+    }
+    // The client has its answer. The upstream closes the stream right after the terminal event
+    // (or after trailing events); reading that end keeps the connection for the next request.
+    let until = Instant::now() + DRAIN_LIMIT;
+    match upstream::read_all(&mut up, until, DRAIN_LIMIT, until, 1 << 20).await {
+        Ok(_) => a.release(up).await,
+        Err(_) => up.shutdown().await,
+    }
+    Ok(())
+}
+
+/// Reads, decodes and writes until the terminal event.
+async fn read_loop(
+    a: &mut Attempt<'_>,
+    session: &mut Session,
+    out: &mut Out<'_>,
+    up: &mut Conn,
+    decoder: &mut Decoder,
+    header: &mut Option<ResponseHeader>,
+) -> Result<(), Stop> {
+    let name = a.name().to_owned();
+    let times = a.times;
+    let mut parser = SseParser::default();
+    let mut events = Vec::new();
+    let mut items = Vec::new();
+    let mut started = false;
+    let mut done = false;
+    while !done {
+        let until = if started {
+            (Instant::now() + times.idle).min(times.deadline)
+        } else {
+            times.first_token_deadline
+        };
+        let chunk = match next(out.ctx, session, up, until).await {
+            Step::Chunk(c) => c,
+            Step::ClientGone => {
+                out.ctx.status = 499;
+                up.shutdown().await;
+                decoder.on_abandon(&a.hooks()).await;
+                return Err(Stop::Return(Ok(())));
+            }
+            Step::Draining if !started => {
+                up.shutdown().await;
+                decoder.on_abandon(&a.hooks()).await;
+                return Err(Stop::Return(fail(GatewayError::ShuttingDown)));
+            }
+            Step::Draining => {
+                return Err(Stop::Error {
+                    error: GatewayError::ShuttingDown,
+                    abandon: true,
+                })
+            }
+            Step::TimedOut if !started => {
+                up.shutdown().await;
+                decoder.on_abandon(&a.hooks()).await;
+                return Err(Stop::Return(a.failed(
+                    Outcome::Timeout,
+                    GatewayError::UpstreamTimeout(format!(
+                        "provider {name} produced no answer within first_token timeout {:?}",
+                        times.first_token_deadline - times.start
+                    )),
+                )));
+            }
+            Step::TimedOut => {
+                let what = if Instant::now() >= times.deadline {
+                    "total"
+                } else {
+                    "idle"
+                };
+                return Err(Stop::Error {
+                    error: GatewayError::UpstreamTimeout(format!(
+                        "provider {name} stream exceeded the {what} timeout"
+                    )),
+                    abandon: true,
+                });
+            }
+            Step::Eof | Step::Failed(_) => {
+                let e = format!("provider {name} ended the stream before its terminal event");
+                if !started {
+                    up.shutdown().await;
+                    return Err(Stop::Return(
+                        a.failed(Outcome::StreamError, GatewayError::UpstreamError(e)),
+                    ));
+                }
+                return Err(Stop::Error {
+                    error: GatewayError::StreamIncomplete(e),
+                    abandon: false,
+                });
+            }
+        };
+        if let Err(e) = parser.push(&chunk, &mut events) {
+            let e = GatewayError::UpstreamError(format!("provider {name}: {e}"));
+            if !started {
+                up.shutdown().await;
+                return Err(Stop::Return(a.failed(Outcome::StreamError, e)));
+            }
+            return Err(Stop::Error {
+                error: e,
+                abandon: false,
+            });
+        }
+        for ev in events.drain(..) {
+            decoder.on_event(&ev, &mut items);
+        }
+        for item in items.drain(..) {
+            if let Event::Ping = item {
+                if out.headers_sent {
+                    out.pending.extend_from_slice(b": ping\n\n");
+                }
+                continue;
+            }
+            if let Event::Error(e) = item {
+                if !started {
+                    up.shutdown().await;
+                    return Err(Stop::Return(a.failed(Outcome::of_status(e.status()), e)));
+                }
+                return Err(Stop::Error {
+                    error: e,
+                    abandon: false,
+                });
+            }
+            if !started {
+                started = true;
+                a.established(out.ctx);
+                let meta = decoder.meta();
+                out.writer.id = meta
+                    .id
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("chatcmpl-{}", out.ctx.request_id));
+                out.writer.created = meta.created.unwrap_or_else(now_secs);
+            }
+            if let Some(h) = out.ensure_started().map_err(|e| Stop::Return(fail(e)))? {
+                *header = Some(h);
+            }
+            match item {
+                Event::Text(text) => {
+                    if out.client_stream {
+                        out.pending.extend_from_slice(&out.writer.content(&text));
+                    }
+                    out.keep(&text, false);
+                }
+                Event::Reasoning(text) => {
+                    if out.client_stream {
+                        out.pending.extend_from_slice(&out.writer.reasoning(&text));
+                    }
+                    out.keep(&text, true);
+                }
+                Event::ToolCall(piece) => {
+                    // Tool calls are not part of the normalized answer: never cached.
+                    out.overflow = true;
+                    if out.client_stream {
+                        out.pending.extend_from_slice(&out.writer.tool_call(&piece));
+                    }
+                }
+                Event::Finish { reason, usage } => {
+                    done = true;
+                    if out.overflow && !out.client_stream {
+                        up.shutdown().await;
+                        return Err(Stop::Return(fail(GatewayError::UpstreamError(format!(
+                            "provider {name}: answer larger than {MAX_RESPONSE} bytes"
+                        )))));
+                    }
+                    out.ctx.prompt_tokens = Some(usage.prompt_tokens);
+                    out.ctx.completion_tokens = Some(usage.completion_tokens);
+                    // Before the last bytes go out: the session's next turn may follow at once.
+                    decoder.on_finish(&a.hooks()).await;
+                    let content = decoder
+                        .replaced()
+                        .map_or(out.content.as_str(), |r| r)
+                        .to_owned();
+                    if let Some(c) = out.ctx.capture.as_mut().filter(|_| !out.overflow) {
+                        c.answer = Answer {
+                            content: content.clone(),
+                            reasoning: out.reasoning.clone(),
+                            finish_reason: reason.to_owned(),
+                            usage,
+                            model: out.writer.model.clone(),
+                            created: out.writer.created,
+                        };
+                        c.complete = true;
+                        c.commit(&a.shared.cache).await;
+                    }
+                    if out.client_stream {
+                        out.pending.extend_from_slice(&out.writer.finish(reason));
+                        if out.writer.include_usage {
+                            out.pending.extend_from_slice(&out.writer.usage(usage));
+                        }
+                        out.pending.extend_from_slice(SSE_DONE);
+                    } else {
+                        let body = out
+                            .writer
+                            .completion(&content, &out.reasoning, reason, usage);
+                        out.pending.extend_from_slice(&body);
+                    }
+                }
+                Event::Ping | Event::Error(_) => {}
+            }
+        }
+        if done && !out.client_stream {
+            break;
+        }
+        if let Some(h) = header.take() {
+            if session.write_response_header(Box::new(h)).await.is_err() {
+                return Err(client_left(a, out, up, decoder).await);
+            }
+        }
+        if !out.pending.is_empty() {
+            let bytes = out.pending.split().freeze();
+            if session.write_response_body(bytes, done).await.is_err() {
+                return Err(client_left(a, out, up, decoder).await);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn client_left(a: &Attempt<'_>, out: &mut Out<'_>, up: &mut Conn, decoder: &Decoder) -> Stop {
+    out.ctx.status = 499;
+    up.shutdown().await;
+    decoder.on_abandon(&a.hooks()).await;
+    Stop::Return(Ok(()))
+}
+
+/// Ends a started translated answer with an error: in the stream (error event + `[DONE]`), or
+/// as the HTTP error of a non-stream answer (nothing was sent yet).
+async fn finish_with_error(
+    a: &Attempt<'_>,
+    session: &mut Session,
+    out: &mut Out<'_>,
+    err: GatewayError,
+    header: Option<ResponseHeader>,
+) -> Result<(), Failure> {
+    a.record(Outcome::StreamError);
+    if !out.client_stream {
+        return fail(err);
+    }
+    if let Some(h) = header {
+        if session.write_response_header(Box::new(h)).await.is_err() {
+            out.ctx.status = 499;
+            return Ok(());
+        }
+    }
+    out.ctx.error = Some(err.code().to_owned());
+    out.pending.extend_from_slice(&err.sse_event());
+    out.pending.extend_from_slice(SSE_DONE);
+    let bytes = out.pending.split().freeze();
+    if session.write_response_body(bytes, true).await.is_err() {
+        out.ctx.status = 499;
+    }
+    Ok(())
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
