@@ -1,6 +1,6 @@
 //! The gateway.yaml v1 schema as written on disk: serde types with `deny_unknown_fields`, so a
 //! typo is a load error with its position rather than a silently ignored key. Compilation into
-//! the runtime [`super::Config`] happens in `compile.rs`.
+//! the runtime [`super::Config`] happens in `compile/`.
 
 use super::units::{Dur, EnvString, Size};
 use indexmap::IndexMap;
