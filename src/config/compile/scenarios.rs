@@ -251,7 +251,7 @@ fn model(cx: &mut Ctx, tkey: &str, t: &RawTarget, provider: &Provider) -> Option
     if is_dify && model.is_some() {
         cx.error(
             format!("{tkey}.model"),
-            "applies to openai providers only (a Dify app has its own model)",
+            "applies to openai and mock providers only (a Dify app has its own model)",
         );
     }
     if !is_dify && t.inputs.is_some() {
@@ -340,6 +340,35 @@ pub(super) fn default_scenario(
                 cx.error("default_scenario", format!("unknown scenario {name:?}"));
             }
             index
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::load;
+
+    #[test]
+    fn the_fingerprint_follows_mock_settings() {
+        let print = |knobs: &str| {
+            let yaml = format!(
+                "providers:\n  m: {{ type: mock{knobs} }}\nscenarios:\n  s: {{ targets: [{{ provider: m }}] }}\n"
+            );
+            load(&yaml).map(|c| c.scenarios[0].fingerprint).unwrap()
+        };
+        let plain = print("");
+        assert_eq!(plain, print(""));
+        assert_eq!(plain, print(", api_key: k"), "keys are not part of it");
+        for knobs in [
+            ", reply: hi",
+            ", latency: 1s",
+            ", chunk_delay: 1ms",
+            ", fail_rate: 0.5",
+            ", status: 503",
+            ", retry_after: 1s",
+            ", cut_after: 2",
+        ] {
+            assert_ne!(plain, print(knobs), "{knobs}");
         }
     }
 }
