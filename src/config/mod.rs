@@ -116,14 +116,23 @@ pub struct DifySettings {
     pub reasoning: bool,
 }
 
+/// How a `type: mock` provider answers. It makes no network calls: the knobs shape the answer
+/// and its timing so demos, benchmarks and failover can be exercised without an upstream.
 #[derive(Debug, Clone)]
 pub struct MockSettings {
+    /// Fixed answer text; `None` echoes the last user message.
     pub reply: Option<String>,
+    /// Delay before the answer starts (the first token).
     pub latency: Duration,
+    /// Delay between stream chunks.
     pub chunk_delay: Duration,
+    /// Fraction of requests, in [0, 1], answered with `status` instead.
     pub fail_rate: f64,
+    /// Status of a failed answer, 400..=599.
     pub status: u16,
+    /// `Retry-After` of failed answers, in whole seconds.
     pub retry_after: Option<u64>,
+    /// A stream ends after this many content chunks, with no finish reason and no `[DONE]`.
     pub cut_after: Option<usize>,
 }
 
@@ -138,8 +147,10 @@ pub enum ProviderKind {
 pub struct Provider {
     pub name: String,
     pub kind: ProviderKind,
+    /// For a mock provider, a placeholder (`http://mock:0`) that is never connected to.
     pub url: UpstreamUrl,
-    /// `None` when the key expanded to nothing: routing skips such a provider.
+    /// `None` when the key expanded to nothing: routing skips such a provider unless it is a
+    /// mock (see [`Provider::missing_key`]).
     pub api_key: Option<Secret>,
     pub timeouts: Timeouts,
     pub retry: Retry,
@@ -156,6 +167,8 @@ impl Provider {
         }
     }
 
+    /// True when the provider needs a key and has none: routing skips it. A mock provider
+    /// answers without one.
     pub fn missing_key(&self) -> bool {
         self.api_key.is_none() && !matches!(self.kind, ProviderKind::Mock(_))
     }
@@ -172,7 +185,8 @@ pub struct Cost {
 #[derive(Debug)]
 pub struct Target {
     pub provider: Arc<Provider>,
-    /// Upstream model (openai); `None` forwards the client's `model`.
+    /// Upstream model (openai), or the model a mock answer reports; `None` forwards the
+    /// client's `model`.
     pub model: Option<String>,
     pub weight: Option<u32>,
     pub cost: Option<Cost>,

@@ -1,6 +1,6 @@
 //! The gateway.yaml v1 schema as written on disk: serde types with `deny_unknown_fields`, so a
 //! typo is a load error with its position rather than a silently ignored key. Compilation into
-//! the runtime [`super::Config`] happens in `compile.rs`.
+//! the runtime [`super::Config`] happens in `compile/`.
 
 use super::units::{Dur, EnvString, Size};
 use indexmap::IndexMap;
@@ -118,6 +118,8 @@ pub struct RawDefaults {
 pub enum ProviderType {
     Openai,
     Dify,
+    /// Answers in-process, without network: demos, benchmarks, a first run with no keys.
+    Mock,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -135,7 +137,8 @@ pub enum DifyApp {
 pub struct RawProvider {
     #[serde(rename = "type")]
     pub kind: ProviderType,
-    pub base_url: EnvString,
+    /// Required for openai and dify, rejected for mock.
+    pub base_url: Option<EnvString>,
     pub api_key: Option<EnvString>,
     pub timeouts: Option<RawTimeouts>,
     pub retry: Option<RawRetry>,
@@ -148,6 +151,21 @@ pub struct RawProvider {
     pub inputs: Option<IndexMap<String, String>>,
     pub system_input: Option<String>,
     pub reasoning: Option<bool>,
+    // Mock only.
+    /// Fixed answer text; absent = the answer echoes the last user message.
+    pub reply: Option<String>,
+    /// Delay before the first token.
+    pub latency: Option<Dur>,
+    /// Delay between stream chunks.
+    pub chunk_delay: Option<Dur>,
+    /// Fraction of requests answered with `status`, in [0, 1].
+    pub fail_rate: Option<f64>,
+    /// Status of a failed answer, 400..=599.
+    pub status: Option<u16>,
+    /// `Retry-After` of failed answers.
+    pub retry_after: Option<Dur>,
+    /// A stream ends after this many content chunks, with no finish reason and no `[DONE]`.
+    pub cut_after: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]

@@ -3,6 +3,7 @@
 
 use super::{Config, Provider, ProviderKind, Secret, Target, Timeouts};
 use serde_json::{json, Value};
+use std::time::Duration;
 
 fn secret(s: &Option<Secret>) -> Value {
     // Whether a key is set is useful to an operator (an unset key skips the provider); its
@@ -13,7 +14,7 @@ fn secret(s: &Option<Secret>) -> Value {
     }
 }
 
-fn secs(d: std::time::Duration) -> String {
+fn secs(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
 
@@ -42,13 +43,27 @@ fn provider(p: &Provider) -> Value {
         },
         "max_concurrency": p.max_concurrency,
     });
-    if let ProviderKind::Dify(d) = &p.kind {
-        v["app"] = json!(d.app);
-        v["query_input"] = json!(d.query_input);
-        v["output"] = json!(d.output);
-        v["inputs"] = json!(d.inputs.keys().collect::<Vec<_>>());
-        v["system_input"] = json!(d.system_input);
-        v["reasoning"] = json!(d.reasoning);
+    match &p.kind {
+        ProviderKind::OpenAi => {}
+        ProviderKind::Dify(d) => {
+            v["app"] = json!(d.app);
+            v["query_input"] = json!(d.query_input);
+            v["output"] = json!(d.output);
+            v["inputs"] = json!(d.inputs.keys().collect::<Vec<_>>());
+            v["system_input"] = json!(d.system_input);
+            v["reasoning"] = json!(d.reasoning);
+        }
+        ProviderKind::Mock(m) => {
+            // Its URL is a placeholder that is never connected to; showing it would mislead.
+            v["base_url"] = Value::Null;
+            v["reply"] = json!(m.reply);
+            v["latency"] = json!(secs(m.latency));
+            v["chunk_delay"] = json!(secs(m.chunk_delay));
+            v["fail_rate"] = json!(m.fail_rate);
+            v["status"] = json!(m.status);
+            v["retry_after"] = json!(m.retry_after.map(|s| secs(Duration::from_secs(s))));
+            v["cut_after"] = json!(m.cut_after);
+        }
     }
     v
 }
@@ -135,4 +150,29 @@ pub fn redacted(config: &Config) -> Value {
         "log": {"level": config.log_level, "format": config.log_format},
         "shutdown": {"grace_period": secs(config.grace_period)},
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+    use crate::config::Config;
+    use serde_json::json;
+    use std::path::Path;
+
+    #[test]
+    fn a_mock_provider_shows_its_settings_and_no_url() {
+        let yaml = "providers:\n  m: { type: mock, reply: hi, latency: 250ms, fail_rate: 0.5, status: 503, retry_after: 2s }\nscenarios:\n  s: { targets: [{ provider: m }] }\n";
+        let cfg = Config::from_str_at(yaml, Path::new("t.yaml")).unwrap();
+        let m = &redacted(&cfg)["providers"]["m"];
+        assert_eq!(m["type"], "mock");
+        assert_eq!(m["base_url"], json!(null));
+        assert_eq!(m["api_key"], json!(null));
+        assert_eq!(m["reply"], "hi");
+        assert_eq!(m["latency"], "250ms");
+        assert_eq!(m["chunk_delay"], "0s");
+        assert_eq!(m["fail_rate"], 0.5);
+        assert_eq!(m["status"], 503);
+        assert_eq!(m["retry_after"], "2s");
+        assert_eq!(m["cut_after"], json!(null));
+    }
 }
