@@ -22,7 +22,7 @@ export AI_GATEWAY_PYTHON="$PWD/$venv/bin/python"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --locked --all-targets "$@" 2>&1 | tee "$log" || status=$?
+cargo test --locked --all-targets --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 # One closing line over every test binary, for readers that look only at the last line.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

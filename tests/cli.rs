@@ -44,7 +44,7 @@ fn check_accepts_the_shipped_file() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (4 scenarios"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (5 scenarios"));
     // With no keys set, every provider is reported as skipped, as a warning.
     assert!(
         stderr.contains("providers.openai.api_key: warning"),

@@ -400,14 +400,25 @@ scenarios:
     assert!(served_by(&gw, &b).await);
     assert_eq!(a.count(), before, "an open breaker was reset by the reload");
 
-    // a now points at a healthy upstream: a new endpoint starts with a fresh, closed breaker.
+    // a now points at a healthy upstream: a new endpoint starts with a fresh, closed breaker,
+    // listed at once (every configured target is, before any traffic).
     std::fs::write(&path, text("two", &b.url())).unwrap();
     assert_eq!(reload(&gw).await.0, 200);
+    let fresh = providers().await;
     assert_eq!(
-        breaker(&providers().await, "a/m"),
-        None,
+        breaker(&fresh, "a/m").as_deref(),
+        Some("closed"),
         "the old endpoint's state is gone"
     );
+    let a_state = fresh["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["target"] == "a/m")
+        .cloned()
+        .unwrap();
+    assert_eq!(a_state["samples"], 0, "{a_state}");
+    assert!(a_state["last_error"].is_null(), "{a_state}");
     assert!(served_by(&gw, &b).await);
     assert_eq!(
         breaker(&providers().await, "a/m").as_deref(),

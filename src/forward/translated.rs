@@ -9,12 +9,12 @@ use super::wait::{next, Step};
 use super::Job;
 use crate::downstream::{self, RequestCtx};
 use crate::error::GatewayError;
-use crate::protocol::chunks::ChunkWriter;
+use crate::protocol::chunks::{ChunkWriter, Usage};
 use crate::protocol::sse::SseParser;
 use crate::protocol::{Answer, SSE_DONE};
 use crate::providers::{Decoder, Event};
 use crate::upstream::{self, Conn};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession as Session;
 use std::time::{Duration, Instant};
@@ -159,7 +159,6 @@ async fn read_loop(
     decoder: &mut Decoder,
     header: &mut Option<ResponseHeader>,
 ) -> Result<(), Stop> {
-    let name = a.name().to_owned();
     let times = a.times;
     let mut parser = SseParser::default();
     let mut events = Vec::new();
@@ -172,65 +171,10 @@ async fn read_loop(
         } else {
             times.first_token_deadline
         };
-        let chunk = match next(out.ctx, session, up, until).await {
-            Step::Chunk(c) => c,
-            Step::ClientGone => {
-                out.ctx.status = 499;
-                up.shutdown().await;
-                decoder.on_abandon(&a.hooks()).await;
-                return Err(Stop::Return(Ok(())));
-            }
-            Step::Draining if !started => {
-                up.shutdown().await;
-                decoder.on_abandon(&a.hooks()).await;
-                return Err(Stop::Return(fail(GatewayError::ShuttingDown)));
-            }
-            Step::Draining => {
-                return Err(Stop::Error {
-                    error: GatewayError::ShuttingDown,
-                    abandon: true,
-                })
-            }
-            Step::TimedOut if !started => {
-                up.shutdown().await;
-                decoder.on_abandon(&a.hooks()).await;
-                return Err(Stop::Return(a.failed(
-                    Outcome::Timeout,
-                    GatewayError::UpstreamTimeout(format!(
-                        "provider {name} produced no answer within first_token timeout {:?}",
-                        times.first_token_deadline - times.start
-                    )),
-                )));
-            }
-            Step::TimedOut => {
-                let what = if Instant::now() >= times.deadline {
-                    "total"
-                } else {
-                    "idle"
-                };
-                return Err(Stop::Error {
-                    error: GatewayError::UpstreamTimeout(format!(
-                        "provider {name} stream exceeded the {what} timeout"
-                    )),
-                    abandon: true,
-                });
-            }
-            Step::Eof | Step::Failed(_) => {
-                let e = format!("provider {name} ended the stream before its terminal event");
-                if !started {
-                    up.shutdown().await;
-                    return Err(Stop::Return(
-                        a.failed(Outcome::StreamError, GatewayError::UpstreamError(e)),
-                    ));
-                }
-                return Err(Stop::Error {
-                    error: GatewayError::StreamIncomplete(e),
-                    abandon: false,
-                });
-            }
-        };
+        let step = next(out.ctx, session, up, until).await;
+        let chunk = chunk_or_stop(a, out, up, decoder, step, started).await?;
         if let Err(e) = parser.push(&chunk, &mut events) {
-            let e = GatewayError::UpstreamError(format!("provider {name}: {e}"));
+            let e = GatewayError::UpstreamError(format!("provider {}: {e}", a.name()));
             if !started {
                 up.shutdown().await;
                 return Err(Stop::Return(a.failed(Outcome::StreamError, e)));
@@ -244,98 +188,7 @@ async fn read_loop(
             decoder.on_event(&ev, &mut items);
         }
         for item in items.drain(..) {
-            if let Event::Ping = item {
-                if out.headers_sent {
-                    out.pending.extend_from_slice(b": ping\n\n");
-                }
-                continue;
-            }
-            if let Event::Error(e) = item {
-                if !started {
-                    up.shutdown().await;
-                    return Err(Stop::Return(a.failed(Outcome::of_status(e.status()), e)));
-                }
-                return Err(Stop::Error {
-                    error: e,
-                    abandon: false,
-                });
-            }
-            if !started {
-                started = true;
-                a.established(out.ctx);
-                let meta = decoder.meta();
-                out.writer.id = meta
-                    .id
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| format!("chatcmpl-{}", out.ctx.request_id));
-                out.writer.created = meta.created.unwrap_or_else(now_secs);
-            }
-            if let Some(h) = out.ensure_started().map_err(|e| Stop::Return(fail(e)))? {
-                *header = Some(h);
-            }
-            match item {
-                Event::Text(text) => {
-                    if out.client_stream {
-                        out.pending.extend_from_slice(&out.writer.content(&text));
-                    }
-                    out.keep(&text, false);
-                }
-                Event::Reasoning(text) => {
-                    if out.client_stream {
-                        out.pending.extend_from_slice(&out.writer.reasoning(&text));
-                    }
-                    out.keep(&text, true);
-                }
-                Event::ToolCall(piece) => {
-                    // Tool calls are not part of the normalized answer: never cached.
-                    out.overflow = true;
-                    if out.client_stream {
-                        out.pending.extend_from_slice(&out.writer.tool_call(&piece));
-                    }
-                }
-                Event::Finish { reason, usage } => {
-                    done = true;
-                    if out.overflow && !out.client_stream {
-                        up.shutdown().await;
-                        return Err(Stop::Return(fail(GatewayError::UpstreamError(format!(
-                            "provider {name}: answer larger than {MAX_RESPONSE} bytes"
-                        )))));
-                    }
-                    out.ctx.prompt_tokens = Some(usage.prompt_tokens);
-                    out.ctx.completion_tokens = Some(usage.completion_tokens);
-                    // Before the last bytes go out: the session's next turn may follow at once.
-                    decoder.on_finish(&a.hooks()).await;
-                    let content = decoder
-                        .replaced()
-                        .map_or(out.content.as_str(), |r| r)
-                        .to_owned();
-                    if let Some(c) = out.ctx.capture.as_mut().filter(|_| !out.overflow) {
-                        c.answer = Answer {
-                            content: content.clone(),
-                            reasoning: out.reasoning.clone(),
-                            finish_reason: reason.to_owned(),
-                            usage,
-                            model: out.writer.model.clone(),
-                            created: out.writer.created,
-                        };
-                        c.complete = true;
-                        c.commit(&a.shared.cache).await;
-                    }
-                    if out.client_stream {
-                        out.pending.extend_from_slice(&out.writer.finish(reason));
-                        if out.writer.include_usage {
-                            out.pending.extend_from_slice(&out.writer.usage(usage));
-                        }
-                        out.pending.extend_from_slice(SSE_DONE);
-                    } else {
-                        let body = out
-                            .writer
-                            .completion(&content, &out.reasoning, reason, usage);
-                        out.pending.extend_from_slice(&body);
-                    }
-                }
-                Event::Ping | Event::Error(_) => {}
-            }
+            done |= on_event(a, out, up, decoder, item, &mut started, header).await?;
         }
         if done && !out.client_stream {
             break;
@@ -351,6 +204,196 @@ async fn read_loop(
                 return Err(client_left(a, out, up, decoder).await);
             }
         }
+    }
+    Ok(())
+}
+
+/// The next upstream bytes, or how the wait for them ended the answer.
+async fn chunk_or_stop(
+    a: &mut Attempt<'_>,
+    out: &mut Out<'_>,
+    up: &mut Conn,
+    decoder: &Decoder,
+    step: Step,
+    started: bool,
+) -> Result<Bytes, Stop> {
+    let name = a.name().to_owned();
+    let times = a.times;
+    match step {
+        Step::Chunk(c) => Ok(c),
+        Step::ClientGone => {
+            out.ctx.status = 499;
+            up.shutdown().await;
+            decoder.on_abandon(&a.hooks()).await;
+            Err(Stop::Return(Ok(())))
+        }
+        Step::Draining if !started => {
+            up.shutdown().await;
+            decoder.on_abandon(&a.hooks()).await;
+            Err(Stop::Return(fail(GatewayError::ShuttingDown)))
+        }
+        Step::Draining => Err(Stop::Error {
+            error: GatewayError::ShuttingDown,
+            abandon: true,
+        }),
+        Step::TimedOut if !started => {
+            up.shutdown().await;
+            decoder.on_abandon(&a.hooks()).await;
+            Err(Stop::Return(a.failed(
+                Outcome::Timeout,
+                GatewayError::UpstreamTimeout(format!(
+                    "provider {name} produced no answer within first_token timeout {:?}",
+                    times.first_token_deadline - times.start
+                )),
+            )))
+        }
+        Step::TimedOut => {
+            let what = if Instant::now() >= times.deadline {
+                "total"
+            } else {
+                "idle"
+            };
+            Err(Stop::Error {
+                error: GatewayError::UpstreamTimeout(format!(
+                    "provider {name} stream exceeded the {what} timeout"
+                )),
+                abandon: true,
+            })
+        }
+        Step::Eof | Step::Failed(_) => {
+            let e = format!("provider {name} ended the stream before its terminal event");
+            if !started {
+                up.shutdown().await;
+                return Err(Stop::Return(
+                    a.failed(Outcome::StreamError, GatewayError::UpstreamError(e)),
+                ));
+            }
+            Err(Stop::Error {
+                error: GatewayError::StreamIncomplete(e),
+                abandon: false,
+            })
+        }
+    }
+}
+
+/// Writes one decoded event into the answer; `Ok(true)` at the terminal event.
+async fn on_event(
+    a: &mut Attempt<'_>,
+    out: &mut Out<'_>,
+    up: &mut Conn,
+    decoder: &Decoder,
+    item: Event,
+    started: &mut bool,
+    header: &mut Option<ResponseHeader>,
+) -> Result<bool, Stop> {
+    let item = match item {
+        Event::Ping => {
+            if out.headers_sent {
+                out.pending.extend_from_slice(b": ping\n\n");
+            }
+            return Ok(false);
+        }
+        Event::Error(e) if !*started => {
+            up.shutdown().await;
+            return Err(Stop::Return(a.failed(Outcome::of_status(e.status()), e)));
+        }
+        Event::Error(e) => {
+            return Err(Stop::Error {
+                error: e,
+                abandon: false,
+            })
+        }
+        other => other,
+    };
+    if !*started {
+        *started = true;
+        a.established(out.ctx);
+        let meta = decoder.meta();
+        out.writer.id = meta
+            .id
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("chatcmpl-{}", out.ctx.request_id));
+        out.writer.created = meta.created.unwrap_or_else(now_secs);
+    }
+    if let Some(h) = out.ensure_started().map_err(|e| Stop::Return(fail(e)))? {
+        *header = Some(h);
+    }
+    match item {
+        Event::Text(text) => {
+            if out.client_stream {
+                out.pending.extend_from_slice(&out.writer.content(&text));
+            }
+            out.keep(&text, false);
+        }
+        Event::Reasoning(text) => {
+            if out.client_stream {
+                out.pending.extend_from_slice(&out.writer.reasoning(&text));
+            }
+            out.keep(&text, true);
+        }
+        Event::ToolCall(piece) => {
+            // Tool calls are not part of the normalized answer: never cached.
+            out.overflow = true;
+            if out.client_stream {
+                out.pending.extend_from_slice(&out.writer.tool_call(&piece));
+            }
+        }
+        Event::Finish { reason, usage } => {
+            finish(a, out, up, decoder, reason, usage).await?;
+            return Ok(true);
+        }
+        Event::Ping | Event::Error(_) => {}
+    }
+    Ok(false)
+}
+
+/// The terminal event: usage, the provider's hook, the cache, and the answer's last bytes.
+async fn finish(
+    a: &mut Attempt<'_>,
+    out: &mut Out<'_>,
+    up: &mut Conn,
+    decoder: &Decoder,
+    reason: &'static str,
+    usage: Usage,
+) -> Result<(), Stop> {
+    if out.overflow && !out.client_stream {
+        up.shutdown().await;
+        return Err(Stop::Return(fail(GatewayError::UpstreamError(format!(
+            "provider {}: answer larger than {MAX_RESPONSE} bytes",
+            a.name()
+        )))));
+    }
+    out.ctx.prompt_tokens = Some(usage.prompt_tokens);
+    out.ctx.completion_tokens = Some(usage.completion_tokens);
+    // Before the last bytes go out: the session's next turn may follow at once.
+    decoder.on_finish(&a.hooks()).await;
+    let content = decoder
+        .replaced()
+        .map_or(out.content.as_str(), |r| r)
+        .to_owned();
+    if let Some(c) = out.ctx.capture.as_mut().filter(|_| !out.overflow) {
+        c.answer = Answer {
+            content: content.clone(),
+            reasoning: out.reasoning.clone(),
+            finish_reason: reason.to_owned(),
+            usage,
+            model: out.writer.model.clone(),
+            created: out.writer.created,
+        };
+        c.complete = true;
+        c.commit(&a.shared.cache).await;
+    }
+    if out.client_stream {
+        out.pending.extend_from_slice(&out.writer.finish(reason));
+        if out.writer.include_usage {
+            out.pending.extend_from_slice(&out.writer.usage(usage));
+        }
+        out.pending.extend_from_slice(SSE_DONE);
+    } else {
+        let body = out
+            .writer
+            .completion(&content, &out.reasoning, reason, usage);
+        out.pending.extend_from_slice(&body);
     }
     Ok(())
 }

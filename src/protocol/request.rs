@@ -73,6 +73,77 @@ fn invalid(msg: impl Into<String>, param: &str) -> GatewayError {
     GatewayError::invalid_request(msg, Some(param))
 }
 
+/// Every message is an object with a string role; the rest of it is the upstream's to judge.
+fn check_messages(messages: &[Box<RawValue>]) -> Result<(), GatewayError> {
+    if messages.is_empty() {
+        return Err(invalid("`messages` must not be empty", "messages"));
+    }
+    for (i, m) in messages.iter().enumerate() {
+        let view: MessageView = serde_json::from_str(m.get()).map_err(|_| {
+            invalid(
+                format!("messages[{i}] must be an object"),
+                &format!("messages[{i}]"),
+            )
+        })?;
+        if !matches!(view.role, Some(Value::String(_))) {
+            return Err(invalid(
+                format!("messages[{i}].role must be a string"),
+                &format!("messages[{i}].role"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The gateway's own keys of `metadata` (removed from it), with the header hints as fallbacks.
+fn gateway_metadata(
+    metadata: &mut Map<String, Value>,
+    hints: &RequestHints,
+) -> Result<(Option<String>, Option<String>, Value), GatewayError> {
+    let scenario = match metadata.remove("scenario") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            return Err(invalid(
+                "`metadata.scenario` must be a string",
+                "metadata.scenario",
+            ))
+        }
+    };
+    let session = match metadata.remove("session_id") {
+        None | Some(Value::Null) => hints.session.clone(),
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            return Err(invalid(
+                "`metadata.session_id` must be a string",
+                "metadata.session_id",
+            ))
+        }
+    };
+    let user_profile = match metadata.remove("user_profile") {
+        Some(v @ Value::Object(_)) => v,
+        Some(Value::Null) | None => match &hints.user_profile {
+            None => Value::Object(Map::new()),
+            Some(text) => match serde_json::from_str::<Value>(text) {
+                Ok(v @ Value::Object(_)) => v,
+                _ => {
+                    return Err(invalid(
+                        "header x-gateway-user-profile must be a JSON object",
+                        "x-gateway-user-profile",
+                    ))
+                }
+            },
+        },
+        Some(_) => {
+            return Err(invalid(
+                "`metadata.user_profile` must be an object",
+                "metadata.user_profile",
+            ))
+        }
+    };
+    Ok((scenario, session, user_profile))
+}
+
 impl ChatRequest {
     pub fn parse(body: &[u8], hints: &RequestHints) -> Result<ChatRequest, GatewayError> {
         let obj: RawObject = serde_json::from_slice(body).map_err(|e| {
@@ -139,65 +210,8 @@ impl ChatRequest {
             }
         }
         let messages = messages.ok_or_else(|| invalid("`messages` is required", "messages"))?;
-        if messages.is_empty() {
-            return Err(invalid("`messages` must not be empty", "messages"));
-        }
-        for (i, m) in messages.iter().enumerate() {
-            let view: MessageView = serde_json::from_str(m.get()).map_err(|_| {
-                invalid(
-                    format!("messages[{i}] must be an object"),
-                    &format!("messages[{i}]"),
-                )
-            })?;
-            if !matches!(view.role, Some(Value::String(_))) {
-                return Err(invalid(
-                    format!("messages[{i}].role must be a string"),
-                    &format!("messages[{i}].role"),
-                ));
-            }
-        }
-
-        let scenario = match metadata.remove("scenario") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s),
-            Some(_) => {
-                return Err(invalid(
-                    "`metadata.scenario` must be a string",
-                    "metadata.scenario",
-                ))
-            }
-        };
-        let session = match metadata.remove("session_id") {
-            None | Some(Value::Null) => hints.session.clone(),
-            Some(Value::String(s)) => Some(s),
-            Some(_) => {
-                return Err(invalid(
-                    "`metadata.session_id` must be a string",
-                    "metadata.session_id",
-                ))
-            }
-        };
-        let user_profile = match metadata.remove("user_profile") {
-            Some(v @ Value::Object(_)) => v,
-            Some(Value::Null) | None => match &hints.user_profile {
-                None => Value::Object(Map::new()),
-                Some(text) => match serde_json::from_str::<Value>(text) {
-                    Ok(v @ Value::Object(_)) => v,
-                    _ => {
-                        return Err(invalid(
-                            "header x-gateway-user-profile must be a JSON object",
-                            "x-gateway-user-profile",
-                        ))
-                    }
-                },
-            },
-            Some(_) => {
-                return Err(invalid(
-                    "`metadata.user_profile` must be an object",
-                    "metadata.user_profile",
-                ))
-            }
-        };
+        check_messages(&messages)?;
+        let (scenario, session, user_profile) = gateway_metadata(&mut metadata, hints)?;
         debug_assert!(GATEWAY_METADATA_KEYS
             .iter()
             .all(|k| !metadata.contains_key(*k)));

@@ -309,9 +309,20 @@ scenarios:
                 "general_chat",
                 "beauty_plan",
                 "sentiment",
-                "consultation_summary"
+                "consultation_summary",
+                "demo"
             ]
         );
+        // The demo runs on the built-in mock, which needs no key; no real scenario falls back
+        // to it.
+        let demo = &cfg.scenarios["demo"];
+        assert_eq!(demo.targets[0].provider.type_name(), "mock");
+        assert!(!demo.targets[0].provider.missing_key());
+        assert!(cfg
+            .scenarios
+            .values()
+            .filter(|s| s.name != "demo")
+            .all(|s| s.targets.iter().all(|t| t.provider.type_name() != "mock")));
         assert_eq!(cfg.scenarios[0].targets[0].provider.name, "dify-chat");
         assert_eq!(cfg.scenarios[0].targets[1].provider.name, "openai");
         assert!(cfg.scenarios[0].targets[1].system_prompt.is_some());
