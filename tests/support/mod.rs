@@ -2,7 +2,11 @@
 //! real gateway (pingora server) on free loopback ports with a given config.
 #![allow(dead_code)]
 
+pub mod client;
 pub mod dify;
+
+#[allow(unused_imports)]
+pub use client::{chat, http, Answer, Chat};
 
 use ai_gateway::config::Config;
 use ai_gateway::RunningGateway;
@@ -157,8 +161,8 @@ impl MockOpenAi {
             cancelled: Default::default(),
         });
         let app = Router::new()
-            .route("/v1/chat/completions", post(chat))
-            .route("/chat/completions", post(chat))
+            .route("/v1/chat/completions", post(completions))
+            .route("/chat/completions", post(completions))
             .with_state(state.clone());
         (state, app)
     }
@@ -219,7 +223,7 @@ fn split_content(text: &str, n: usize) -> Vec<String> {
     chars.chunks(size).map(|c| c.iter().collect()).collect()
 }
 
-async fn chat(State(state): State<Arc<MockState>>, req: axum::extract::Request) -> Response {
+async fn completions(State(state): State<Arc<MockState>>, req: axum::extract::Request) -> Response {
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
