@@ -393,15 +393,41 @@ impl TestGateway {
     }
 }
 
-/// Picks two free ports. Both probe listeners are held until both are chosen, so the kernel
-/// cannot hand out the same port twice.
+/// Picks two free ports for a gateway's listeners.
+///
+/// They come from below the kernel's ephemeral range: a port from `bind(…:0)` (every mock
+/// upstream, in this or a parallel test) or of an outgoing connection is never one of them, so
+/// nothing can take one between this probe and the gateway's own bind. (A port taken there
+/// would still accept connections, so the gateway would look started while the test talked to
+/// someone else's listener.) Each is handed out once per process; the start is spread by pid.
 pub fn free_ports() -> (u16, u16) {
-    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (a, b) = (free_port(), free_port());
     (
         a.local_addr().unwrap().port(),
         b.local_addr().unwrap().port(),
     )
+}
+
+fn free_port() -> std::net::TcpListener {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_start < LOW + 1_000 {
+        return std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    }
+    let span = ephemeral_start - LOW;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let port = LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if let Ok(probe) = std::net::TcpListener::bind(("127.0.0.1", port as u16)) {
+            return probe;
+        }
+    }
+    panic!("no free port below the ephemeral range")
 }
 
 /// Starts the gateway with `yaml` (without `listen`/`admin.listen`, which are added). Extra
