@@ -97,6 +97,33 @@ pub struct MockState {
     pub received: Mutex<Vec<Recorded>>,
     /// Requests whose handling was abandoned because the caller went away.
     pub cancelled: std::sync::atomic::AtomicUsize,
+    /// Streams the caller dropped before their last event (the connection was closed mid-answer).
+    pub abandoned: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Travels with a response stream and counts it as abandoned when it is dropped before its last
+/// event was handed over: the reader went away mid-stream.
+pub struct StreamWatch {
+    abandoned: Arc<std::sync::atomic::AtomicUsize>,
+    pub finished: bool,
+}
+
+impl StreamWatch {
+    pub fn new(abandoned: &Arc<std::sync::atomic::AtomicUsize>) -> StreamWatch {
+        StreamWatch {
+            abandoned: abandoned.clone(),
+            finished: false,
+        }
+    }
+}
+
+impl Drop for StreamWatch {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.abandoned
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
 }
 
 /// Counts a request as cancelled if its handler is dropped before it answers.
@@ -159,6 +186,7 @@ impl MockOpenAi {
             knobs: Mutex::new(knobs),
             received: Mutex::new(Vec::new()),
             cancelled: Default::default(),
+            abandoned: Default::default(),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(completions))
@@ -178,6 +206,12 @@ impl MockOpenAi {
     }
     pub fn count(&self) -> usize {
         self.state.received.lock().len()
+    }
+    /// Streams the gateway dropped before their end.
+    pub fn abandoned(&self) -> usize {
+        self.state
+            .abandoned
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
     pub fn last(&self) -> Recorded {
         self.state
@@ -333,9 +367,10 @@ async fn completions(State(state): State<Arc<MockState>>, req: axum::extract::Re
     }
     let interval = knobs.chunk_interval;
     let stall = knobs.stall_after_headers;
+    let watch = StreamWatch::new(&state.abandoned);
     let stream = futures::stream::unfold(
-        (events.into_iter(), stall, true),
-        move |(mut it, stall, first)| async move {
+        (events.into_iter(), stall, true, watch),
+        move |(mut it, stall, first, mut watch)| async move {
             if stall {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
             }
@@ -347,7 +382,8 @@ async fn completions(State(state): State<Arc<MockState>>, req: axum::extract::Re
                 Some(ev) => Ok(Bytes::from(format!("data: {ev}\n\n"))),
                 None => Err(std::io::Error::other("reset")),
             };
-            Some((item, (it, stall, false)))
+            watch.finished = it.len() == 0;
+            Some((item, (it, stall, false, watch)))
         },
     );
     Response::builder()
