@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod contract;
 pub mod dify;
 
 #[allow(unused_imports)]
