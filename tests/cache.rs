@@ -31,12 +31,6 @@ scenarios:
     )
 }
 
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: String,
-}
-
 async fn ask(
     gw: &TestGateway,
     key: &str,
@@ -45,43 +39,29 @@ async fn ask(
     content: &str,
     extra: &[(&str, &str)],
 ) -> Answer {
-    let mut r = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", gw.api))
-        .bearer_auth(key)
-        .json(
-            &json!({"model": model, "stream": stream, "stream_options": {"include_usage": true},
-                      "messages": [{"role": "user", "content": content}]}),
-        );
+    let mut r = chat(gw).key(key).body(
+        json!({"model": model, "stream": stream, "stream_options": {"include_usage": true},
+               "messages": [{"role": "user", "content": content}]}),
+    );
     for (k, v) in extra {
-        r = r.header(*k, *v);
+        r = r.header(k, v);
     }
-    let r = r.send().await.unwrap();
-    Answer {
-        status: r.status().as_u16(),
-        headers: r.headers().clone(),
-        body: r.text().await.unwrap(),
-    }
+    r.send().await
 }
 
 fn cache_header(a: &Answer) -> &str {
-    a.headers
-        .get("x-gateway-cache")
-        .map_or("", |v| v.to_str().unwrap())
+    a.header("x-gateway-cache").unwrap_or("")
 }
 
 /// (text, usage) of a completion or a stream.
 fn text_and_usage(a: &Answer) -> (String, Value) {
-    if a.headers["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/event-stream")
-    {
-        let data = sse_data(&a.body);
+    if a.is_sse() {
+        let data = a.sse();
         assert_eq!(
             data.last().map(String::as_str),
             Some("[DONE]"),
             "{}",
-            a.body
+            a.text
         );
         let chunks: Vec<Value> = data[..data.len() - 1]
             .iter()
@@ -99,7 +79,7 @@ fn text_and_usage(a: &Answer) -> (String, Value) {
             .unwrap_or(Value::Null);
         (text, usage)
     } else {
-        let v: Value = serde_json::from_str(&a.body).unwrap();
+        let v = a.json();
         (
             v["choices"][0]["message"]["content"]
                 .as_str()
@@ -123,7 +103,7 @@ async fn hits_replay_across_stream_modes_and_skip_the_upstream() {
     assert_eq!(text_and_usage(&first), text_and_usage(&second));
     let replay = ask(&gw, "key-a", "cached", true, "q1", &[]).await;
     assert_eq!(cache_header(&replay), "hit");
-    let data = sse_data(&replay.body);
+    let data = replay.sse();
     let content_chunks = data
         .iter()
         .filter(|d| d.contains("\"content\":\"") && !d.contains("\"role\""))
@@ -168,9 +148,9 @@ async fn failures_are_never_cached() {
         });
         let bad = ask(&gw, "key-a", "cached", true, &q, &[]).await;
         assert!(
-            bad.status != 200 || bad.body.contains("stream_incomplete"),
+            bad.status != 200 || bad.text.contains("stream_incomplete"),
             "{fault}: {}",
-            bad.body
+            bad.text
         );
         mock.set(|k| *k = Knobs::default());
         tokio::time::sleep(Duration::from_millis(1100)).await; // past any 429 rest

@@ -44,23 +44,6 @@ limits:
     )
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
-}
-
-async fn post(gw: &TestGateway, key: &str, body: Value) -> reqwest::Response {
-    client()
-        .post(format!("{}/v1/chat/completions", gw.api))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn non_stream_answer_and_what_the_upstream_received() {
     let mock = MockOpenAi::start().await;
@@ -72,9 +55,9 @@ async fn non_stream_answer_and_what_the_upstream_received() {
         "user": "end-user-7",
         "metadata": {"user_profile": {"skin_type": "oily"}, "session_id": "s-1", "trace": "keep"}
     });
-    let resp = post(&gw, "client-key-1", body).await;
-    assert_eq!(resp.status(), 200);
-    let h = resp.headers().clone();
+    let resp = chat(&gw).key("client-key-1").body(body).send().await;
+    assert_eq!(resp.status, 200);
+    let h = &resp.headers;
     assert_eq!(h["x-gateway-scenario"], "chat");
     assert_eq!(h["x-gateway-provider"], "up");
     assert_eq!(h["x-gateway-attempts"], "1");
@@ -85,7 +68,7 @@ async fn non_stream_answer_and_what_the_upstream_received() {
         h.get("openai-organization").is_none(),
         "upstream account headers are not relayed"
     );
-    let answer: Value = resp.json().await.unwrap();
+    let answer = resp.json();
     assert_eq!(
         answer["choices"][0]["message"]["content"],
         "Hello from the mock upstream, one two three."
@@ -139,7 +122,11 @@ async fn stream_is_relayed_chunk_by_chunk_and_ends_with_done() {
     let gw = start_gateway(&config(&mock, ""));
     let body = json!({"model": "chat", "stream": true, "stream_options": {"include_usage": true},
                       "messages": [{"role": "user", "content": "hi"}]});
-    let mut resp = post(&gw, "client-key-1", body.clone()).await;
+    let mut resp = chat(&gw)
+        .key("client-key-1")
+        .body(body.clone())
+        .send_raw()
+        .await;
     assert_eq!(resp.status(), 200);
     assert!(resp.headers()["content-type"]
         .to_str()
@@ -176,7 +163,7 @@ async fn stream_is_relayed_chunk_by_chunk_and_ends_with_done() {
     assert_eq!(chunks.last().unwrap()["usage"]["prompt_tokens"], 11);
 
     // Byte-for-byte what the upstream sends directly.
-    let direct = client()
+    let direct = http()
         .post(format!("{}/chat/completions", mock.url()))
         .json(&json!({"model": "mock-model", "stream": true, "stream_options": {"include_usage": true},
                       "messages": [{"role": "user", "content": "hi"}]}))
@@ -209,15 +196,12 @@ async fn one_mebibyte_body_reaches_the_upstream_byte_for_byte() {
         .replace("é", "\\u00e9");
     let raw_body = format!(r#"{{"model":"plain","messages":{messages_text},"stream":false}}"#);
     assert!(raw_body.len() > 1 << 20);
-    let resp = client()
-        .post(format!("{}/v1/chat/completions", gw.api))
-        .bearer_auth("client-key-1")
-        .header("content-type", "application/json")
-        .body(raw_body)
+    let resp = chat(&gw)
+        .key("client-key-1")
+        .raw_body(raw_body)
         .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+        .await;
+    assert_eq!(resp.status, 200);
     let seen = String::from_utf8(mock.last().body.to_vec()).unwrap();
     #[derive(serde::Deserialize)]
     struct Raw<'a> {
@@ -237,23 +221,10 @@ async fn client_errors_have_openai_shape_and_never_reach_the_upstream() {
     let mock = MockOpenAi::start().await;
     let gw = start_gateway(&config(&mock, ""));
     let send = |body: String, key: &'static str| {
-        let url = format!("{}/v1/chat/completions", gw.api);
+        let request = chat(&gw).key(key).raw_body(body);
         async move {
-            let r = client()
-                .post(url)
-                .bearer_auth(key)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            let v: Value = r.json().await.unwrap();
-            (
-                status,
-                v["error"]["code"].as_str().unwrap_or_default().to_owned(),
-                v,
-            )
+            let r = request.send().await;
+            (r.status, r.error_code(), r.json())
         }
     };
     let ok_msg = r#""messages":[{"role":"user","content":"x"}]"#;
@@ -307,7 +278,7 @@ async fn client_errors_have_openai_shape_and_never_reach_the_upstream() {
     }
     assert_eq!(mock.count(), 0, "no upstream contact for rejected requests");
 
-    let r = client()
+    let r = http()
         .get(format!("{}/v1/nothing", gw.api))
         .send()
         .await
@@ -317,13 +288,13 @@ async fn client_errors_have_openai_shape_and_never_reach_the_upstream() {
         r.json::<Value>().await.unwrap()["error"]["code"],
         "not_found"
     );
-    let r = client()
+    let r = http()
         .get(format!("{}/v1/chat/completions", gw.api))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 405);
-    let r = client()
+    let r = http()
         .get(format!("{}/v1/models", gw.api))
         .send()
         .await
@@ -373,7 +344,7 @@ async fn malformed_http_gets_an_openai_shaped_400_and_the_connection_closes() {
         assert_eq!(v["error"]["code"], "invalid_request", "{answer}");
     }
     // The listener is unharmed.
-    let r = client()
+    let r = http()
         .get(format!("{}/health", gw.api))
         .send()
         .await
@@ -432,10 +403,14 @@ async fn upstream_statuses_map_to_gateway_errors() {
         k.status = 400;
         k.error_body = r#"{"error":{"message":"This model's maximum context length is 10 tokens","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#.into();
     });
-    let r = post(&gw, "client-key-1", body.clone()).await;
-    assert_eq!(r.status(), 400, "client-fault upstream 4xx pass through");
-    assert!(r.headers().get("set-cookie").is_none());
-    let v: Value = r.json().await.unwrap();
+    let r = chat(&gw)
+        .key("client-key-1")
+        .body(body.clone())
+        .send()
+        .await;
+    assert_eq!(r.status, 400, "client-fault upstream 4xx pass through");
+    assert!(r.headers.get("set-cookie").is_none());
+    let v = r.json();
     assert_eq!(v["error"]["code"], "context_length_exceeded");
     assert_eq!(v["error"]["param"], "messages");
 
@@ -445,9 +420,13 @@ async fn upstream_statuses_map_to_gateway_errors() {
         let fake = ["sk", "-leakedkey1234567890abcdef"].concat();
         k.error_body = format!(r#"{{"error":{{"message":"overloaded, key {fake}"}}}}"#);
     });
-    let r = post(&gw, "client-key-1", body.clone()).await;
-    assert_eq!(r.status(), 502);
-    let v: Value = r.json().await.unwrap();
+    let r = chat(&gw)
+        .key("client-key-1")
+        .body(body.clone())
+        .send()
+        .await;
+    assert_eq!(r.status, 502);
+    let v = r.json();
     assert_eq!(v["error"]["code"], "upstream_error");
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(msg.contains("503") && msg.contains("overloaded"), "{msg}");
@@ -495,18 +474,13 @@ scenarios:
     );
     let gw = start_gateway(&yaml);
     let ask = |model: &str, stream: bool| {
-        let url = format!("{}/v1/chat/completions", gw.api);
-        let body = json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "x"}]});
+        let request = chat(&gw).body(
+            json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "x"}]}),
+        );
         async move {
             let t = Instant::now();
-            let r = client().post(url).json(&body).send().await.unwrap();
-            let status = r.status().as_u16();
-            let v: Value = r.json().await.unwrap();
-            (
-                status,
-                v["error"]["code"].as_str().unwrap_or_default().to_owned(),
-                t.elapsed(),
-            )
+            let r = request.send().await;
+            (r.status, r.error_code(), t.elapsed())
         }
     };
     for stream in [false, true] {
@@ -556,9 +530,9 @@ async fn a_stream_cut_mid_way_ends_with_an_error_event_and_done() {
     let gw = start_gateway(&config(&mock, ""));
     let body =
         json!({"model": "plain", "stream": true, "messages": [{"role": "user", "content": "x"}]});
-    let r = post(&gw, "client-key-1", body).await;
-    assert_eq!(r.status(), 200);
-    let data = sse_data(&r.text().await.unwrap());
+    let r = chat(&gw).key("client-key-1").body(body).send().await;
+    assert_eq!(r.status, 200);
+    let data = r.sse();
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
     let err: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
     assert_eq!(err["error"]["code"], "stream_incomplete");
@@ -575,9 +549,8 @@ async fn upstream_connections_are_pooled_across_requests() {
     let gw = start_gateway(&config(&mock, ""));
     for stream in [false, true, false, true, false] {
         let body = json!({"model": "plain", "stream": stream, "messages": [{"role": "user", "content": "x"}]});
-        let r = post(&gw, "client-key-1", body).await;
-        assert_eq!(r.status(), 200);
-        r.bytes().await.unwrap();
+        let r = chat(&gw).key("client-key-1").body(body).send().await;
+        assert_eq!(r.status, 200);
     }
     let peers: std::collections::HashSet<_> = mock.received().iter().map(|r| r.peer).collect();
     assert_eq!(
@@ -592,14 +565,12 @@ async fn metrics_count_requests_attempts_and_inflight() {
     let mock = MockOpenAi::start().await;
     let gw = start_gateway(&config(&mock, ""));
     for _ in 0..3 {
-        let r = post(
-            &gw,
-            "client-key-1",
-            json!({"model": "plain", "messages": [{"role": "user", "content": "x"}]}),
-        )
-        .await;
-        assert_eq!(r.status(), 200);
-        r.bytes().await.unwrap();
+        let r = chat(&gw)
+            .key("client-key-1")
+            .body(json!({"model": "plain", "messages": [{"role": "user", "content": "x"}]}))
+            .send()
+            .await;
+        assert_eq!(r.status, 200);
     }
     let m = gw.metrics_with(
         r#"ai_gateway_requests_total{cache="off",provider="up",scenario="plain",status="200"} 3"#,
@@ -635,12 +606,12 @@ async fn models_health_ready_and_admin_gate() {
         format!("{}/ready", gw.admin),
     ] {
         assert_eq!(
-            client().get(&url).send().await.unwrap().status(),
+            http().get(&url).send().await.unwrap().status(),
             200,
             "{url}"
         );
     }
-    let r = client()
+    let r = http()
         .get(format!("{}/admin/providers", gw.admin))
         .send()
         .await
@@ -675,23 +646,21 @@ scenarios:
         &yaml,
         &[("plan.md", "方案 for {{ user_profile.name }} ({{ user }})")],
     );
-    let r = client()
-        .post(format!("{}/v1/chat/completions", gw.api))
+    let r = chat(&gw)
         .header("x-app", "crm")
         .header("x-gateway-user-profile", r#"{"name":"李女士"}"#)
-        .json(&json!({"model": "anything", "messages": [{"role": "user", "content": "x"}]}))
+        .body(json!({"model": "anything", "messages": [{"role": "user", "content": "x"}]}))
         .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["x-gateway-scenario"], "plan");
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["x-gateway-scenario"], "plan");
     assert_eq!(
         mock.last().json()["messages"][0]["content"],
         "方案 for 李女士 (gateway)"
     );
     assert_eq!(mock.last().json()["model"], "m");
 
-    let r = client()
+    let r = http()
         .get(format!("{}/admin/x", gw.admin))
         .bearer_auth("wrong")
         .send()

@@ -51,23 +51,6 @@ scenarios:
     )
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
-}
-
-async fn chat(gw: &TestGateway, body: Value, headers: &[(&str, &str)]) -> reqwest::Response {
-    let mut r = client()
-        .post(format!("{}/v1/chat/completions", gw.api))
-        .json(&body);
-    for (k, v) in headers {
-        r = r.header(*k, *v);
-    }
-    r.send().await.unwrap()
-}
-
 fn python() -> Option<PathBuf> {
     let candidate = std::env::var_os("AI_GATEWAY_PYTHON")
         .map(PathBuf::from)
@@ -176,15 +159,14 @@ async fn a_session_keeps_one_dify_conversation_per_user() {
     let mut history = vec![];
     for (i, text) in ["第一句", "第二句", "第三句"].iter().enumerate() {
         history.push(json!({"role": "user", "content": text}));
-        let r = chat(
-            &gw,
-            json!({"model": "chat", "user": "alice", "messages": history}),
-            &[("x-gateway-session", "s-1")],
-        )
-        .await;
-        assert_eq!(r.status(), 200, "turn {i}");
-        assert_eq!(r.headers()["x-gateway-session"], "s-1");
-        let v: Value = r.json().await.unwrap();
+        let r = chat(&gw)
+            .header("x-gateway-session", "s-1")
+            .body(json!({"model": "chat", "user": "alice", "messages": history}))
+            .send()
+            .await;
+        assert_eq!(r.status, 200, "turn {i}");
+        assert_eq!(r.headers["x-gateway-session"], "s-1");
+        let v = r.json();
         history
             .push(json!({"role": "assistant", "content": v["choices"][0]["message"]["content"]}));
     }
@@ -201,20 +183,18 @@ async fn a_session_keeps_one_dify_conversation_per_user() {
     assert_eq!(calls[2].body["query"], "第三句");
 
     // Same session id, another user: a conversation of its own.
-    let r = chat(
-        &gw,
-        json!({"model": "chat", "user": "bob", "messages": [{"role": "user", "content": "hi"}]}),
-        &[("x-gateway-session", "s-1")],
-    )
-    .await;
-    assert_eq!(r.status(), 200);
-    let r = chat(
-        &gw,
-        json!({"model": "chat", "user": "bob", "messages": [{"role": "user", "content": "again"}]}),
-        &[("x-gateway-session", "s-1")],
-    )
-    .await;
-    assert_eq!(r.status(), 200);
+    let r = chat(&gw)
+        .header("x-gateway-session", "s-1")
+        .body(json!({"model": "chat", "user": "bob", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await;
+    assert_eq!(r.status, 200);
+    let r = chat(&gw)
+        .header("x-gateway-session", "s-1")
+        .body(json!({"model": "chat", "user": "bob", "messages": [{"role": "user", "content": "again"}]}))
+        .send()
+        .await;
+    assert_eq!(r.status, 200);
     let calls = dify.calls();
     assert_eq!(calls[3].body["conversation_id"], "");
     let bob = calls[4].body["conversation_id"].as_str().unwrap();
@@ -224,13 +204,12 @@ async fn a_session_keeps_one_dify_conversation_per_user() {
     // Dify lost the conversation: the mapping is dropped and the turn retried once as new.
     dify.state.conversations.lock().clear();
     history.push(json!({"role": "user", "content": "第四句"}));
-    let r = chat(
-        &gw,
-        json!({"model": "chat", "user": "alice", "messages": history}),
-        &[("x-gateway-session", "s-1")],
-    )
-    .await;
-    assert_eq!(r.status(), 200);
+    let r = chat(&gw)
+        .header("x-gateway-session", "s-1")
+        .body(json!({"model": "chat", "user": "alice", "messages": history}))
+        .send()
+        .await;
+    assert_eq!(r.status, 200);
     let calls = dify.calls();
     let retry = calls.last().unwrap();
     assert_eq!(retry.body["conversation_id"], "");
@@ -259,8 +238,11 @@ async fn transcripts_system_prompts_and_images() {
             {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
         ]}
     ]);
-    let r = chat(&gw, json!({"model": "prompted", "messages": msgs}), &[]).await;
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let r = chat(&gw)
+        .body(json!({"model": "prompted", "messages": msgs}))
+        .send()
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
     let call = dify.calls().pop().unwrap();
     assert_eq!(
         call.body["query"],
@@ -276,8 +258,8 @@ async fn transcripts_system_prompts_and_images() {
     assert_eq!(dify.state.uploads.lock().len(), 1);
 
     // With system_input the system text goes to that input, not into the query.
-    let r = chat(&gw, json!({"model": "persona", "messages": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "q"}]}), &[]).await;
-    assert_eq!(r.status(), 200);
+    let r = chat(&gw).body(json!({"model": "persona", "messages": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "q"}]})).send().await;
+    assert_eq!(r.status, 200);
     let call = dify.calls().pop().unwrap();
     assert_eq!(call.body["query"], "q");
     assert_eq!(call.body["inputs"]["persona"], "Persona text.\n\nBe kind.");
@@ -288,18 +270,12 @@ async fn dify_errors_map_to_openai_statuses() {
     let dify = MockDify::start().await;
     let gw = start_gateway(&config(&dify));
     let ask = |model: &'static str, stream: bool| {
-        let body = json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "x"}]});
-        let url = format!("{}/v1/chat/completions", gw.api);
+        let request = chat(&gw).body(
+            json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "x"}]}),
+        );
         async move {
-            let r = client().post(url).json(&body).send().await.unwrap();
-            let status = r.status().as_u16();
-            let h = r.headers().clone();
-            let v: Value = r.json().await.unwrap_or(Value::Null);
-            (
-                status,
-                v["error"]["code"].as_str().unwrap_or_default().to_owned(),
-                h,
-            )
+            let r = request.send().await;
+            (r.status, r.error_code(), r.headers)
         }
     };
     let (s, c, h) = ask("bad_key", false).await;
@@ -332,9 +308,9 @@ async fn dify_errors_map_to_openai_statuses() {
             k.error_after = (knob == "error").then_some(2);
             k.cut_after = (knob == "cut").then_some(2);
         });
-        let r = chat(&gw, json!({"model": "chatflow", "stream": true, "messages": [{"role": "user", "content": "abcdefghij"}]}), &[]).await;
-        assert_eq!(r.status(), 200);
-        let data = sse_data(&r.text().await.unwrap());
+        let r = chat(&gw).body(json!({"model": "chatflow", "stream": true, "messages": [{"role": "user", "content": "abcdefghij"}]})).send().await;
+        assert_eq!(r.status, 200);
+        let data = r.sse();
         assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{knob}");
         let err: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
         assert_eq!(err["error"]["code"], code, "{knob}: {data:?}");
@@ -371,7 +347,7 @@ async fn client_disconnect_stops_the_dify_task() {
     let gw = start_gateway(&config(&dify));
     for model in ["agent", "workflow"] {
         let before = dify.stops().len();
-        let mut r = chat(&gw, json!({"model": model, "stream": true, "user": "carol", "messages": [{"role": "user", "content": "a long answer please"}]}), &[]).await;
+        let mut r = chat(&gw).body(json!({"model": model, "stream": true, "user": "carol", "messages": [{"role": "user", "content": "a long answer please"}]})).send_raw().await;
         assert_eq!(r.status(), 200);
         r.chunk().await.unwrap().expect("first chunk");
         let left = Instant::now();

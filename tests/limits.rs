@@ -26,30 +26,8 @@ scenarios:
     )
 }
 
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Value,
-    text: String,
-}
-
 async fn ask(gw: &TestGateway, key: &str, body: Value) -> Answer {
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", gw.api))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let text = r.text().await.unwrap();
-    Answer {
-        status,
-        headers,
-        body: serde_json::from_str(&text).unwrap_or(Value::Null),
-        text,
-    }
+    chat(gw).key(key).body(body).send().await
 }
 
 fn msg(extra: Value) -> Value {
@@ -95,7 +73,7 @@ async fn rpm_refuses_the_61st_request_of_a_minute() {
     }
     let r = ask(&gw, "key-a", msg(json!({}))).await;
     assert_eq!(r.status, 429);
-    assert_eq!(r.body["error"]["code"], "rate_limited");
+    assert_eq!(r.json()["error"]["code"], "rate_limited");
     let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry));
     assert_eq!(r.headers["x-ratelimit-remaining-requests"], "0");
@@ -119,7 +97,7 @@ async fn tpm_refuses_at_admission_and_releases_unused_reservations() {
     )
     .await;
     assert_eq!(r.status, 429, "{}", r.text);
-    assert_eq!(r.body["error"]["code"], "rate_limited");
+    assert_eq!(r.json()["error"]["code"], "rate_limited");
     assert_eq!(r.headers["x-ratelimit-limit-tokens"], "1000");
     assert_eq!(mock.count(), 0, "refused before any upstream contact");
     // 500 reserved, about 20 used: the rest is released, so 900 more fit.
@@ -153,7 +131,7 @@ async fn a_budget_is_spent_at_the_targets_cost() {
         let r = ask(&gw, "key-a", msg(json!({"max_tokens": 10}))).await;
         if r.status != 200 {
             assert_eq!(r.status, 429);
-            assert_eq!(r.body["error"]["code"], "budget_exceeded");
+            assert_eq!(r.json()["error"]["code"], "budget_exceeded");
             assert_eq!(r.headers["x-should-retry"], "false");
             assert!(r.headers.get("retry-after").is_some());
             break;
@@ -225,7 +203,8 @@ async fn streams_without_usage_are_charged_by_delivered_text() {
     mock.set(|k| k.cut_after = Some(2));
     let r = ask(&gw, "key-a", msg(json!({"stream": true}))).await;
     assert!(r.text.contains("stream_incomplete"));
-    let delivered: String = sse_data(&r.text)
+    let delivered: String = r
+        .sse()
         .iter()
         .filter_map(|d| serde_json::from_str::<Value>(d).ok())
         .filter_map(|v| {
@@ -258,7 +237,7 @@ async fn per_client_concurrency_refuses_immediately() {
     });
     assert_eq!(x.status, 200);
     assert_eq!(y.status, 429);
-    assert_eq!(y.body["error"]["code"], "rate_limited");
+    assert_eq!(y.json()["error"]["code"], "rate_limited");
     assert!(gw
         .metrics()
         .contains(r#"ai_gateway_rate_limited_total{client="a",limit="concurrency"} 1"#));

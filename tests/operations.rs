@@ -11,13 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::*;
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
-}
-
 /// A config routing scenario `s` to the mock at `url` (listeners on the given ports).
 fn yaml(api: u16, admin: u16, url: &str, prompt: &str) -> String {
     format!(
@@ -52,16 +45,16 @@ impl Load {
         let tasks = (0..workers)
             .map(|w| {
                 let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-                let url = format!("{api}/v1/chat/completions");
+                let api = api.to_owned();
                 let expect = expect.to_owned();
                 tokio::spawn(async move {
-                    let c = client();
+                    let c = http();
                     let mut i = w;
                     while !stop.load(Ordering::Relaxed) {
                         i += 1;
                         let stream = i % 2 == 0;
                         let body = json!({"model": "s", "stream": stream, "messages": [{"role": "user", "content": format!("q{i}")}]});
-                        let verdict = match c.post(&url).json(&body).send().await {
+                        let verdict = match Chat::at(&api).client(&c).body(body).try_send_raw().await {
                             Err(e) => Err(format!("send: {e}")),
                             Ok(r) => {
                                 let status = r.status().as_u16();
@@ -145,7 +138,7 @@ async fn switched(to: &MockOpenAi, from: &MockOpenAi, t0: Instant) -> Duration {
 }
 
 async fn metric(gw: &TestGateway, name: &str) -> String {
-    let text = client()
+    let text = http()
         .get(format!("{}/metrics", gw.admin))
         .send()
         .await
@@ -251,7 +244,7 @@ async fn file_edits_reroute_within_two_seconds_under_load_without_failures() {
 }
 
 async fn reload(gw: &TestGateway) -> (u16, Value) {
-    let r = client()
+    let r = http()
         .post(format!("{}/admin/reload", gw.admin))
         .bearer_auth("admin-key")
         .send()
@@ -262,13 +255,11 @@ async fn reload(gw: &TestGateway) -> (u16, Value) {
 
 async fn served_by(gw: &TestGateway, a: &MockOpenAi) -> bool {
     let before = a.count();
-    let r = client()
-        .post(format!("{}/v1/chat/completions", gw.api))
-        .json(&json!({"model": "s", "messages": [{"role": "user", "content": "hi"}]}))
+    let r = chat(gw)
+        .body(json!({"model": "s", "messages": [{"role": "user", "content": "hi"}]}))
         .send()
-        .await
-        .unwrap();
-    r.status() == 200 && a.count() == before + 1
+        .await;
+    r.status == 200 && a.count() == before + 1
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -511,22 +502,10 @@ scenarios:
         down = down.url(),
         up = up.url()
     ));
-    let c = client();
+    let c = http();
     let ask = |key: &'static str, stream: bool, text: &'static str| {
-        let c = c.clone();
-        let url = format!("{}/v1/chat/completions", gw.api);
-        async move {
-            let r = c
-                .post(url)
-                .bearer_auth(key)
-                .json(&json!({"model": "chat", "stream": stream, "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": text}]}))
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            let _ = r.text().await;
-            status
-        }
+        let request = chat(&gw).client(&c).key(key).body(json!({"model": "chat", "stream": stream, "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": text}]}));
+        async move { request.send().await.status }
     };
     assert_eq!(ask("app-key", false, "one").await, 200); // fallback down → up; miss
     assert_eq!(ask("app-key", true, "two").await, 200); // stream; breaker open skips down

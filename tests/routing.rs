@@ -33,63 +33,32 @@ fn config(
     format!("admin:\n  api_key: admin-key\nproviders:\n{providers}scenarios:\n  s:\n{scenario}\n    targets:\n{targets}")
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
-}
-
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: String,
-}
-
 async fn ask(gw: &TestGateway, stream: bool) -> Answer {
-    let body =
-        json!({"model": "s", "stream": stream, "messages": [{"role": "user", "content": "hi"}]});
-    let r = client()
-        .post(format!("{}/v1/chat/completions", gw.api))
-        .json(&body)
+    chat(gw)
+        .body(json!({"model": "s", "stream": stream, "messages": [{"role": "user", "content": "hi"}]}))
         .send()
         .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let body = r.text().await.unwrap();
-    Answer {
-        status,
-        headers,
-        body,
-    }
 }
 
 /// Exactly one well-formed answer: a completion, a stream ending in [DONE], or an OpenAI error.
 fn well_formed(a: &Answer) {
     if a.status == 200 {
-        if a.headers["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/event-stream")
-        {
+        if a.is_sse() {
             assert_eq!(
-                sse_data(&a.body).last().map(String::as_str),
+                a.sse().last().map(String::as_str),
                 Some("[DONE]"),
                 "{}",
-                a.body
+                a.text
             );
         } else {
-            let v: Value = serde_json::from_str(&a.body).unwrap();
             assert!(
-                v["choices"][0]["message"]["content"].is_string(),
+                a.json()["choices"][0]["message"]["content"].is_string(),
                 "{}",
-                a.body
+                a.text
             );
         }
     } else {
-        let v: Value = serde_json::from_str(&a.body).unwrap();
-        assert!(v["error"]["code"].is_string(), "{}", a.body);
+        assert!(a.json()["error"]["code"].is_string(), "{}", a.text);
     }
 }
 
@@ -193,10 +162,10 @@ async fn primary_failures_fall_back_before_the_first_byte() {
         for &stream in modes {
             let answer = ask(&gw, stream).await;
             well_formed(&answer);
-            assert_eq!(answer.status, 200, "{fault}: {}", answer.body);
+            assert_eq!(answer.status, 200, "{fault}: {}", answer.text);
             assert_eq!(answer.headers["x-gateway-attempts"], "2", "{fault}");
             assert_eq!(answer.headers["x-gateway-provider"], "b", "{fault}");
-            assert!(answer.body.contains("Hello from"), "the fallback's answer");
+            assert!(answer.text.contains("Hello from"), "the fallback's answer");
         }
         assert_eq!(b.count(), 2, "{fault}");
         let m = gw.metrics();
@@ -257,8 +226,7 @@ async fn a_429_target_rests_for_retry_after() {
         r.status, 429,
         "both resting: answered without contacting them"
     );
-    let v: Value = serde_json::from_str(&r.body).unwrap();
-    assert_eq!(v["error"]["code"], "rate_limited");
+    assert_eq!(r.json()["error"]["code"], "rate_limited");
     assert_eq!(r.headers["retry-after"], "3", "the soonest reopening");
     assert_eq!(
         a.count() + b.count(),
@@ -277,7 +245,7 @@ async fn a_reset_after_the_first_byte_is_an_in_stream_error_without_fallback() {
     let gw = start_gateway(&config(&[&a, &b], "", "", &[]));
     let r = ask(&gw, true).await;
     assert_eq!(r.status, 200);
-    let data = sse_data(&r.body);
+    let data = r.sse();
     let content: Vec<&String> = data
         .iter()
         .filter(|d| d.contains("\"content\"") && !d.contains("\"role\""))
@@ -328,7 +296,7 @@ async fn breaker_opens_probes_and_closes() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(a.count(), 3, "no traffic while open");
-    let ready = client()
+    let ready = http()
         .get(format!("{}/ready", gw.admin))
         .send()
         .await
@@ -406,15 +374,10 @@ async fn a_client_leaving_before_the_first_byte_cancels_the_upstream_call() {
         ", breaker: { failure_threshold: 1 }",
         &[],
     ));
-    let body = json!({"model": "s", "messages": [{"role": "user", "content": "hi"}]});
-    let quick = reqwest::Client::builder()
+    assert!(chat(&gw)
+        .body(json!({"model": "s", "messages": [{"role": "user", "content": "hi"}]}))
         .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
-    assert!(quick
-        .post(format!("{}/v1/chat/completions", gw.api))
-        .json(&body)
-        .send()
+        .try_send_raw()
         .await
         .is_err());
     let until = Instant::now() + Duration::from_secs(2);
@@ -461,7 +424,7 @@ async fn full_providers_are_skipped_and_unhealthy_cheap_targets_avoided() {
     statuses.sort();
     assert_eq!(statuses, [200, 503]);
     let busy = answers.iter().find(|x| x.status == 503).unwrap();
-    assert!(busy.body.contains("upstream_unavailable"));
+    assert!(busy.text.contains("upstream_unavailable"));
     assert!(busy.headers.get("retry-after").is_some());
 
     // cost: the cheapest healthy target; an open breaker moves traffic to the next cheapest.
@@ -499,7 +462,7 @@ async fn full_providers_are_skipped_and_unhealthy_cheap_targets_avoided() {
         &[],
     ));
     assert_eq!(
-        client()
+        http()
             .get(format!("{}/ready", gw.admin))
             .send()
             .await
@@ -509,7 +472,7 @@ async fn full_providers_are_skipped_and_unhealthy_cheap_targets_avoided() {
     );
     assert_eq!(ask(&gw, false).await.status, 502);
     assert_eq!(
-        client()
+        http()
             .get(format!("{}/ready", gw.admin))
             .send()
             .await

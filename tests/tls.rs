@@ -54,22 +54,15 @@ scenarios:
 "#
     );
     let gw = start_gateway(&yaml);
-    let client = reqwest::Client::new();
     for stream in [false, true] {
-        let r = client
-            .post(format!("{}/v1/chat/completions", gw.api))
-            .json(&json!({"model": "secure", "stream": stream, "messages": [{"role": "user", "content": "hi"}]}))
+        let r = chat(&gw)
+            .body(json!({"model": "secure", "stream": stream, "messages": [{"role": "user", "content": "hi"}]}))
             .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        let text = r.text().await.unwrap();
+            .await;
+        assert_eq!(r.status, 200);
+        let text = &r.text;
         if stream {
-            assert_eq!(
-                sse_data(&text).last().map(String::as_str),
-                Some("[DONE]"),
-                "{text}"
-            );
+            assert_eq!(r.sse().last().map(String::as_str), Some("[DONE]"), "{text}");
         } else {
             assert!(text.contains("Hello from the mock upstream"), "{text}");
         }
@@ -85,13 +78,11 @@ scenarios:
     );
 
     // The certificate is for `localhost`: connecting by IP must fail verification, not pass.
-    let r = client
-        .post(format!("{}/v1/chat/completions", gw.api))
-        .json(&json!({"model": "wrong_name", "messages": [{"role": "user", "content": "hi"}]}))
+    let r = chat(&gw)
+        .body(json!({"model": "wrong_name", "messages": [{"role": "user", "content": "hi"}]}))
         .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 502);
+        .await;
+    assert_eq!(r.status, 502);
     assert_eq!(
         mock.count(),
         2,

@@ -61,6 +61,10 @@ pub struct DifyKnobs {
     pub fail_with: Option<(u16, &'static str, &'static str)>,
     /// How many content events an answer is split into.
     pub pieces: usize,
+    /// Delay before answering a generate call at all (headers included).
+    pub latency: Duration,
+    /// `Retry-After` seconds on `fail_with` answers.
+    pub retry_after: Option<u64>,
 }
 
 impl Default for DifyKnobs {
@@ -73,6 +77,8 @@ impl Default for DifyKnobs {
             workflow_fails: false,
             fail_with: None,
             pieces: 3,
+            latency: Duration::ZERO,
+            retry_after: None,
         }
     }
 }
@@ -96,6 +102,8 @@ pub struct DifyState {
     pub conversations: Mutex<HashMap<String, String>>,
     /// Answers produced, in order, with the message or run id.
     pub produced: Mutex<Vec<(String, String)>>,
+    /// Event streams the gateway dropped before their end.
+    pub abandoned: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 pub struct MockDify {
@@ -153,6 +161,12 @@ impl MockDify {
     }
     pub fn produced(&self) -> Vec<(String, String)> {
         self.state.produced.lock().clone()
+    }
+    /// Event streams the gateway dropped before their end.
+    pub fn abandoned(&self) -> usize {
+        self.state
+            .abandoned
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -248,8 +262,15 @@ async fn generate(
         );
     }
     let knobs = state.knobs.lock().clone();
+    tokio::time::sleep(knobs.latency).await;
     if let Some((status, code, message)) = knobs.fail_with {
-        return error(status, code, message);
+        let mut answer = error(status, code, message);
+        if let Some(secs) = knobs.retry_after {
+            answer
+                .headers_mut()
+                .insert("retry-after", secs.to_string().parse().unwrap());
+        }
+        return answer;
     }
     let conversational = matches!(mode, Mode::Chat | Mode::Agent | Mode::Chatflow);
     let mut conversation = String::new();
@@ -304,14 +325,17 @@ async fn generate(
         .push((answer.clone(), message.clone()));
     let events = events(mode, &knobs, &answer, &task, &message, &conversation);
     let interval = knobs.interval;
+    let mut watch = super::StreamWatch::new(&state.abandoned);
+    watch.finished = events.is_empty();
     let stream = futures::stream::unfold(
-        (events.into_iter(), true),
-        move |(mut it, first)| async move {
+        (events.into_iter(), true, watch),
+        move |(mut it, first, mut watch)| async move {
             if !first {
                 tokio::time::sleep(interval).await;
             }
             let ev = it.next()?;
-            Some((Ok::<_, std::io::Error>(Bytes::from(ev)), (it, false)))
+            watch.finished = it.len() == 0;
+            Some((Ok::<_, std::io::Error>(Bytes::from(ev)), (it, false, watch)))
         },
     );
     Response::builder()

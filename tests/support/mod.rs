@@ -2,7 +2,12 @@
 //! real gateway (pingora server) on free loopback ports with a given config.
 #![allow(dead_code)]
 
+pub mod client;
+pub mod contract;
 pub mod dify;
+
+#[allow(unused_imports)]
+pub use client::{chat, http, Answer, Chat};
 
 use ai_gateway::config::Config;
 use ai_gateway::RunningGateway;
@@ -93,6 +98,33 @@ pub struct MockState {
     pub received: Mutex<Vec<Recorded>>,
     /// Requests whose handling was abandoned because the caller went away.
     pub cancelled: std::sync::atomic::AtomicUsize,
+    /// Streams the caller dropped before their last event (the connection was closed mid-answer).
+    pub abandoned: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Travels with a response stream and counts it as abandoned when it is dropped before its last
+/// event was handed over: the reader went away mid-stream.
+pub struct StreamWatch {
+    abandoned: Arc<std::sync::atomic::AtomicUsize>,
+    pub finished: bool,
+}
+
+impl StreamWatch {
+    pub fn new(abandoned: &Arc<std::sync::atomic::AtomicUsize>) -> StreamWatch {
+        StreamWatch {
+            abandoned: abandoned.clone(),
+            finished: false,
+        }
+    }
+}
+
+impl Drop for StreamWatch {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.abandoned
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
 }
 
 /// Counts a request as cancelled if its handler is dropped before it answers.
@@ -155,10 +187,11 @@ impl MockOpenAi {
             knobs: Mutex::new(knobs),
             received: Mutex::new(Vec::new()),
             cancelled: Default::default(),
+            abandoned: Default::default(),
         });
         let app = Router::new()
-            .route("/v1/chat/completions", post(chat))
-            .route("/chat/completions", post(chat))
+            .route("/v1/chat/completions", post(completions))
+            .route("/chat/completions", post(completions))
             .with_state(state.clone());
         (state, app)
     }
@@ -174,6 +207,12 @@ impl MockOpenAi {
     }
     pub fn count(&self) -> usize {
         self.state.received.lock().len()
+    }
+    /// Streams the gateway dropped before their end.
+    pub fn abandoned(&self) -> usize {
+        self.state
+            .abandoned
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
     pub fn last(&self) -> Recorded {
         self.state
@@ -219,7 +258,7 @@ fn split_content(text: &str, n: usize) -> Vec<String> {
     chars.chunks(size).map(|c| c.iter().collect()).collect()
 }
 
-async fn chat(State(state): State<Arc<MockState>>, req: axum::extract::Request) -> Response {
+async fn completions(State(state): State<Arc<MockState>>, req: axum::extract::Request) -> Response {
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -329,9 +368,10 @@ async fn chat(State(state): State<Arc<MockState>>, req: axum::extract::Request) 
     }
     let interval = knobs.chunk_interval;
     let stall = knobs.stall_after_headers;
+    let watch = StreamWatch::new(&state.abandoned);
     let stream = futures::stream::unfold(
-        (events.into_iter(), stall, true),
-        move |(mut it, stall, first)| async move {
+        (events.into_iter(), stall, true, watch),
+        move |(mut it, stall, first, mut watch)| async move {
             if stall {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
             }
@@ -343,7 +383,8 @@ async fn chat(State(state): State<Arc<MockState>>, req: axum::extract::Request) 
                 Some(ev) => Ok(Bytes::from(format!("data: {ev}\n\n"))),
                 None => Err(std::io::Error::other("reset")),
             };
-            Some((item, (it, stall, false)))
+            watch.finished = it.len() == 0;
+            Some((item, (it, stall, false, watch)))
         },
     );
     Response::builder()
@@ -389,15 +430,41 @@ impl TestGateway {
     }
 }
 
-/// Picks two free ports. Both probe listeners are held until both are chosen, so the kernel
-/// cannot hand out the same port twice.
+/// Picks two free ports for a gateway's listeners.
+///
+/// They come from below the kernel's ephemeral range: a port from `bind(…:0)` (every mock
+/// upstream, in this or a parallel test) or of an outgoing connection is never one of them, so
+/// nothing can take one between this probe and the gateway's own bind. (A port taken there
+/// would still accept connections, so the gateway would look started while the test talked to
+/// someone else's listener.) Each is handed out once per process; the start is spread by pid.
 pub fn free_ports() -> (u16, u16) {
-    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (a, b) = (free_port(), free_port());
     (
         a.local_addr().unwrap().port(),
         b.local_addr().unwrap().port(),
     )
+}
+
+fn free_port() -> std::net::TcpListener {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_start < LOW + 1_000 {
+        return std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    }
+    let span = ephemeral_start - LOW;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let port = LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if let Ok(probe) = std::net::TcpListener::bind(("127.0.0.1", port as u16)) {
+            return probe;
+        }
+    }
+    panic!("no free port below the ephemeral range")
 }
 
 /// Starts the gateway with `yaml` (without `listen`/`admin.listen`, which are added). Extra
