@@ -482,5 +482,4 @@ macro_rules! contract_suite {
 
 contract_suite!(openai, OpenAiFixture::start);
 contract_suite!(dify, DifyFixture::start);
-// builtin mock: enabled once src supports type: mock
-// contract_suite!(builtin_mock, BuiltinMockFixture::start);
+contract_suite!(builtin_mock, BuiltinMockFixture::start);

@@ -69,8 +69,22 @@ impl Provider for Dify<'_> {
         super::open_http(upstream, target, call, request_id, self.auth(), deadlines).await
     }
 
-    fn map_error(&self, status: u16, body: &[u8], _retry_after: Option<u64>) -> GatewayError {
-        errors::map_body(&self.p.name, status, body)
+    fn map_error(&self, status: u16, body: &[u8], retry_after: Option<u64>) -> GatewayError {
+        let mut error = errors::map_body(&self.p.name, status, body);
+        // Dify itself sends no Retry-After, but a proxy in front of it may: it knows best how
+        // long the target should rest.
+        if let (
+            GatewayError::Mapped {
+                status: 429,
+                retry_after: rest,
+                ..
+            },
+            Some(secs),
+        ) = (&mut error, retry_after)
+        {
+            *rest = Some(secs);
+        }
+        error
     }
 
     /// The session's conversation is gone on Dify's side: forget it and start a new one, once,
