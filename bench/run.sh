@@ -4,6 +4,9 @@
 # p50/p99 at concurrency 1 and the max-RPS ratio. Only loopback traffic, bounded in time.
 #
 #   bench/run.sh [rounds] [seconds-per-measurement]
+#
+# BASELINE_BIN=path/to/an/older/ai-gateway adds a "before" path: that binary with the same config
+# (minus what it does not know), measured interleaved with this build, for before/after figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup-common.sh
@@ -15,7 +18,7 @@ ROUNDS=${1:-3}
 SECS=${2:-5}
 CONC=${BENCH_CONCURRENCY:-32}
 MOCK_PORT=18081 GW_PORT=18080 GW_ADMIN=19090 NGINX_PORT=18082 LOGGED_PORT=18083 LOGGED_ADMIN=19091
-FLOOR_PORT=18084
+FLOOR_PORT=18084 BASE_PORT=18085 BASE_ADMIN=19092
 OUT=bench/results
 mkdir -p "$OUT/conf"
 LOG="$OUT/run-$(date +%Y%m%d-%H%M%S).txt"
@@ -47,6 +50,7 @@ providers:
   mock: { type: openai, base_url: "http://127.0.0.1:$MOCK_PORT/v1", api_key: bench-key }
   mockpriced: { type: openai, base_url: "http://127.0.0.1:$MOCK_PORT/v1", api_key: bench-key }
   dify: { type: dify, base_url: "http://127.0.0.1:$MOCK_PORT/v1", api_key: app-bench-key, app: chat }
+  builtin: { type: mock, reply: "Hello! How can I help you today?" } # builtin
 scenarios:
   bench:
     targets: [{ provider: mock, model: bench-model }]
@@ -57,6 +61,8 @@ scenarios:
   bench-cached:
     cache: { ttl: 3600s }
     targets: [{ provider: mock, model: bench-model }]
+  bench-builtin: # builtin
+    targets: [{ provider: builtin, model: bench-model }] # builtin
 YAML
 RUST_LOG=error target/release/ai-gateway -c "$OUT/conf/gateway.yaml" >/dev/null 2>&1 & pids+=($!)
 # The same gateway with its JSON access log on, written to a file: the log's cost per request.
@@ -67,6 +73,14 @@ RUST_LOG=error,access=info target/release/ai-gateway -c "$OUT/conf/gateway-logge
 
 paths=("direct http://127.0.0.1:$MOCK_PORT/v1/chat/completions" "gateway http://127.0.0.1:$GW_PORT/v1/chat/completions"
        "logged http://127.0.0.1:$LOGGED_PORT/v1/chat/completions")
+ports="$MOCK_PORT $GW_PORT $LOGGED_PORT $FLOOR_PORT"
+if [ -n "${BASELINE_BIN:-}" ]; then
+  grep -v '# builtin' "$OUT/conf/gateway.yaml" \
+    | sed -e "s/$GW_PORT/$BASE_PORT/; s/$GW_ADMIN/$BASE_ADMIN/" > "$OUT/conf/gateway-before.yaml"
+  RUST_LOG=error "$BASELINE_BIN" -c "$OUT/conf/gateway-before.yaml" >/dev/null 2>&1 & pids+=($!)
+  paths+=("before http://127.0.0.1:$BASE_PORT/v1/chat/completions")
+  ports="$ports $BASE_PORT"
+fi
 if command -v nginx >/dev/null 2>&1; then
   mkdir -p "$OUT/nginx"
   cat > "$OUT/nginx/nginx.conf" <<NGINX
@@ -89,7 +103,7 @@ NGINX
   paths+=("nginx http://127.0.0.1:$NGINX_PORT/v1/chat/completions")
 fi
 
-for port in $MOCK_PORT $GW_PORT $LOGGED_PORT $FLOOR_PORT; do
+for port in $ports; do
   for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 done
 sleep 0.5
@@ -108,6 +122,11 @@ measure() { # name url conns
       measure dify "http://127.0.0.1:$GW_PORT/v1/chat/completions" 1
     BENCH_BODY='{"model":"bench-dify","messages":[{"role":"user","content":"Say hello"}]}' \
       measure dify "http://127.0.0.1:$GW_PORT/v1/chat/completions" "$CONC"
+    # The built-in mock provider: the whole gateway path with the upstream answered in process.
+    BENCH_BODY='{"model":"bench-builtin","messages":[{"role":"user","content":"Say hello"}]}' \
+      measure builtin "http://127.0.0.1:$GW_PORT/v1/chat/completions" 1
+    BENCH_BODY='{"model":"bench-builtin","messages":[{"role":"user","content":"Say hello"}]}' \
+      measure builtin "http://127.0.0.1:$GW_PORT/v1/chat/completions" "$CONC"
     # The same priced scenario from a client without limits and from one with RPM, TPM and a
     # budget: the difference is the limiter's cost.
     BENCH_BODY='{"model":"bench-priced","messages":[{"role":"user","content":"Say hello"}]}' \

@@ -30,7 +30,8 @@ pub async fn json(
     ctx: &mut RequestCtx,
     mut up: Conn,
 ) -> Result<(), Failure> {
-    let name = a.name().to_owned();
+    let target = a.target;
+    let name = &target.provider.name;
     let content_type = up
         .header("content-type")
         .unwrap_or("application/json")
@@ -118,7 +119,8 @@ async fn first_content(
     up: &mut Conn,
     watch: &mut StreamWatch,
 ) -> Result<Option<BytesMut>, Failure> {
-    let name = a.name().to_owned();
+    let target = a.target;
+    let name = &target.provider.name;
     let times = a.times;
     let mut held = BytesMut::new();
     while !watch.established {
@@ -186,7 +188,8 @@ pub async fn stream(
     ctx: &mut RequestCtx,
     mut up: Conn,
 ) -> Result<(), Failure> {
-    let name = a.name().to_owned();
+    let target = a.target;
+    let name = &target.provider.name;
     let times = a.times;
     let mut watch = StreamWatch::new(ctx.capture.is_some() || ctx.delivered.is_some());
     // Hold the client's headers until the first content (or terminal) event: a stream that

@@ -217,7 +217,8 @@ async fn chunk_or_stop(
     step: Step,
     started: bool,
 ) -> Result<Bytes, Stop> {
-    let name = a.name().to_owned();
+    let target = a.target;
+    let name = &target.provider.name;
     let times = a.times;
     match step {
         Step::Chunk(c) => Ok(c),
