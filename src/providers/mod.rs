@@ -102,7 +102,8 @@ pub trait Provider {
         req: &'a ChatRequest,
     ) -> impl Future<Output = Result<UpstreamCall, GatewayError>> + Send + 'a;
 
-    /// Sends the call and waits for the answer head.
+    /// Sends the call and waits for the answer head; over HTTP on the shared client unless
+    /// the provider answers otherwise.
     fn open<'a>(
         &'a self,
         upstream: &'a Upstream,
@@ -110,7 +111,9 @@ pub trait Provider {
         call: &'a UpstreamCall,
         request_id: &'a str,
         deadlines: Deadlines,
-    ) -> impl Future<Output = Result<Conn, OpenError>> + Send + 'a;
+    ) -> impl Future<Output = Result<Conn, OpenError>> + Send + 'a {
+        open_http(upstream, target, call, request_id, self.auth(), deadlines)
+    }
 
     /// The gateway error for an upstream error answer received before the first byte.
     fn map_error(&self, status: u16, body: &[u8], retry_after: Option<u64>) -> GatewayError;
@@ -122,7 +125,10 @@ pub trait Provider {
         cx: &'a HookCx<'a>,
         call: &'a mut UpstreamCall,
         error: &'a GatewayError,
-    ) -> impl Future<Output = bool> + Send + 'a;
+    ) -> impl Future<Output = bool> + Send + 'a {
+        let _ = (cx, call, error);
+        std::future::ready(false)
+    }
 }
 
 /// The configured provider of a target, ready to call.

@@ -11,15 +11,13 @@ pub mod request;
 pub mod translate;
 pub mod upload;
 
-use super::{
-    BuildCx, Deadlines, Decoder, Event, HookCx, Operation, Provider, StreamMeta, UpstreamCall,
-};
+use super::{BuildCx, Decoder, Event, HookCx, Operation, Provider, StreamMeta, UpstreamCall};
 use crate::config::{DifyApp, DifySettings, Provider as ProviderConfig, Target};
 use crate::conversations::{ConversationKey, ConversationStore};
 use crate::error::{sanitize, GatewayError};
 use crate::protocol::sse::SseEvent;
 use crate::protocol::ChatRequest;
-use crate::upstream::{Auth, Conn, OpenError, Upstream};
+use crate::upstream::Auth;
 use bytes::Bytes;
 use std::time::Duration;
 use translate::Translator;
@@ -56,17 +54,6 @@ impl Provider for Dify<'_> {
         req: &'a ChatRequest,
     ) -> Result<UpstreamCall, GatewayError> {
         request::build_call(cx, target, self.settings, req).await
-    }
-
-    async fn open<'a>(
-        &'a self,
-        upstream: &'a Upstream,
-        target: &'a Target,
-        call: &'a UpstreamCall,
-        request_id: &'a str,
-        deadlines: Deadlines,
-    ) -> Result<Conn, OpenError> {
-        super::open_http(upstream, target, call, request_id, self.auth(), deadlines).await
     }
 
     fn map_error(&self, status: u16, body: &[u8], retry_after: Option<u64>) -> GatewayError {

@@ -8,7 +8,7 @@
 //! deadlines, failover, breaker, cache and metrics. A first run with no keys, demos and benches
 //! need no separate mock process.
 
-use super::{BuildCx, Deadlines, HookCx, Operation, Provider, UpstreamCall};
+use super::{BuildCx, Deadlines, Operation, Provider, UpstreamCall};
 use crate::config::{MockSettings, Provider as ProviderConfig, Target};
 use crate::error::GatewayError;
 use crate::protocol::ChatRequest;
@@ -80,15 +80,6 @@ impl Provider for Mock<'_> {
 
     fn map_error(&self, status: u16, body: &[u8], retry_after: Option<u64>) -> GatewayError {
         super::openai::errors::map(&self.p.name, status, body, retry_after)
-    }
-
-    async fn recover<'a>(
-        &'a self,
-        _: &'a HookCx<'a>,
-        _: &'a mut UpstreamCall,
-        _: &'a GatewayError,
-    ) -> bool {
-        false
     }
 }
 

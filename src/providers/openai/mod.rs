@@ -5,11 +5,11 @@
 
 pub mod errors;
 
-use super::{BuildCx, Deadlines, HookCx, Operation, Provider, UpstreamCall};
+use super::{BuildCx, Operation, Provider, UpstreamCall};
 use crate::config::{Provider as ProviderConfig, Target};
 use crate::error::GatewayError;
 use crate::protocol::ChatRequest;
-use crate::upstream::{Auth, Conn, OpenError, Upstream};
+use crate::upstream::Auth;
 use bytes::Bytes;
 
 pub struct OpenAi<'a>(pub &'a ProviderConfig);
@@ -36,28 +36,8 @@ impl Provider for OpenAi<'_> {
         build_call(target, req, system.as_deref())
     }
 
-    async fn open<'a>(
-        &'a self,
-        upstream: &'a Upstream,
-        target: &'a Target,
-        call: &'a UpstreamCall,
-        request_id: &'a str,
-        deadlines: Deadlines,
-    ) -> Result<Conn, OpenError> {
-        super::open_http(upstream, target, call, request_id, self.auth(), deadlines).await
-    }
-
     fn map_error(&self, status: u16, body: &[u8], retry_after: Option<u64>) -> GatewayError {
         errors::map(&self.0.name, status, body, retry_after)
-    }
-
-    async fn recover<'a>(
-        &'a self,
-        _: &'a HookCx<'a>,
-        _: &'a mut UpstreamCall,
-        _: &'a GatewayError,
-    ) -> bool {
-        false
     }
 }
 
