@@ -249,13 +249,31 @@ impl ResponseCache {
     /// A stored entry young enough for `max_age`, else the single-flight role for this key.
     pub async fn lookup(&self, key: &Key, max_age: Option<u64>) -> Lookup {
         self.lookups.fetch_add(1, Ordering::Relaxed);
-        if let Some(e) = self.store.get(key).await {
-            if max_age.is_none_or(|m| e.age() <= Duration::from_secs(m)) {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                return Lookup::Hit(e);
-            }
+        if let Some(e) = self.fresh(key, max_age).await {
+            return Lookup::Hit(e);
         }
-        self.lead_or_follow(key)
+        match self.lead_or_follow(key) {
+            // A leader may have stored the answer and ended its flight between the read above
+            // and now: look again before calling the upstream a second time.
+            Lookup::Lead(flight) => match self.fresh(key, max_age).await {
+                Some(e) => {
+                    // Anyone who joined this flight meanwhile gets the same answer.
+                    flight.finish(Some(e.clone()));
+                    Lookup::Hit(e)
+                }
+                None => Lookup::Lead(flight),
+            },
+            other => other,
+        }
+    }
+
+    async fn fresh(&self, key: &Key, max_age: Option<u64>) -> Option<Arc<Entry>> {
+        let e = self.store.get(key).await?;
+        if max_age.is_some_and(|m| e.age() > Duration::from_secs(m)) {
+            return None;
+        }
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(e)
     }
 
     /// The single-flight role without reading the cache (`no-cache`).
