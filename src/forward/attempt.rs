@@ -212,7 +212,12 @@ pub async fn run(
                 );
             }
             let client = translated::ClientView::of(job);
-            return translated::relay(&mut a, session, ctx, conn, decoder, client).await;
+            // Boxed: the translated relay's future is the largest of the relays, and inline it
+            // would be copied with every attempt, translated or not.
+            return Box::pin(translated::relay(
+                &mut a, session, ctx, conn, decoder, client,
+            ))
+            .await;
         }
         return if call.stream && is_sse {
             passthrough::stream(&mut a, session, ctx, conn).await
