@@ -146,6 +146,16 @@ measure() { # name url conns
       BENCH_BODY='{"model":"bench-cached","messages":[{"role":"user","content":"Say hello"}]}' \
         measure cached "http://127.0.0.1:$GW_PORT/v1/chat/completions" "$conns"
     done
+    if [ -n "${BASELINE_BIN:-}" ]; then
+      # This build and the baseline in ABBA order: in the rows above each always follows the
+      # same path, and position alone moves a figure by several percent on this machine.
+      for conns in 1 "$CONC"; do
+        measure abnew "http://127.0.0.1:$GW_PORT/v1/chat/completions" "$conns"
+        measure abold "http://127.0.0.1:$BASE_PORT/v1/chat/completions" "$conns"
+        measure abold "http://127.0.0.1:$BASE_PORT/v1/chat/completions" "$conns"
+        measure abnew "http://127.0.0.1:$GW_PORT/v1/chat/completions" "$conns"
+      done
+    fi
   done
 } | tee "$LOG"
 

@@ -16,7 +16,7 @@ for line in open(log):
 def med(key, i):
     return statistics.median(r[i] for r in rows[key])
 
-order = ["direct", "floor", "gateway", "before", "logged", "nginx", "dify", "builtin", "cached", "unlimited", "limited"]
+order = ["direct", "floor", "gateway", "before", "logged", "nginx", "dify", "builtin", "cached", "unlimited", "limited", "abnew", "abold"]
 names = sorted({k[0] for k in rows}, key=lambda n: order.index(n) if n in order else 9)
 print(f"\n{'path':8} {'c=1 p50':>9} {'c=1 p99':>9} {'added p50':>10} {'added p99':>10} {'c=' + conc + ' rps':>10} {'rps ratio':>9} {'errors':>6}")
 for n in names:
@@ -53,3 +53,8 @@ if ("before", 1) in rows:
     print(f"this build vs BASELINE_BIN (same config, interleaved): c=1 p50 {med(('gateway', 1), 0)}us vs "
           f"{med(('before', 1), 0)}us, p99 {med(('gateway', 1), 1)}us vs {med(('before', 1), 1)}us; max RPS "
           f"{med(('gateway', int(conc)), 2):.0f} vs {med(('before', int(conc)), 2):.0f}")
+
+if ("abnew", 1) in rows:
+    print(f"ABBA-ordered, this build vs BASELINE_BIN: c=1 p50 {med(('abnew', 1), 0)}us vs {med(('abold', 1), 0)}us, "
+          f"p99 {med(('abnew', 1), 1)}us vs {med(('abold', 1), 1)}us; max RPS {med(('abnew', int(conc)), 2):.0f} vs "
+          f"{med(('abold', int(conc)), 2):.0f}")
