@@ -5,6 +5,7 @@
 //! - `attempt.rs`: one attempt — open, status, hand the answer to a relay;
 //! - `passthrough.rs`: OpenAI-shaped answers, relayed byte for byte while being observed;
 //! - `translated.rs`: any other protocol, decoded into events and written as OpenAI chunks;
+//! - `relay.rs`: what every relay gets of a started attempt;
 //! - `failure.rs`: outcomes and failures; `wait.rs`: reads that watch client and shutdown.
 //!
 //! Downstream headers are held until the upstream has produced its first content (or terminal)
@@ -15,6 +16,7 @@
 mod attempt;
 pub mod failure;
 mod passthrough;
+mod relay;
 mod translated;
 mod wait;
 

@@ -2,8 +2,8 @@
 //! held until the first content event), or one JSON answer. Each is observed once on the way
 //! (`protocol::watch`) for usage, the delivered text and the cache.
 
-use super::attempt::Attempt;
 use super::failure::{fail, Failure, Outcome};
+use super::relay::Attempt;
 use super::wait::{client_gone, next, Step};
 use crate::downstream::{self, RequestCtx};
 use crate::error::{sanitize, GatewayError};

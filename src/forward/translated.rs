@@ -3,8 +3,8 @@
 //! decoder supplies the events and its hooks (remember state when the answer completes, stop
 //! the upstream's work when it is abandoned); this relay names no provider.
 
-use super::attempt::Attempt;
 use super::failure::{fail, Failure, Outcome};
+use super::relay::Attempt;
 use super::wait::{next, Step};
 use super::Job;
 use crate::downstream::{self, RequestCtx};
