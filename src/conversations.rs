@@ -4,10 +4,11 @@
 //! in-memory one without touching the providers that use it.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Conversations remembered at most (least recently used go first) and how long an unused one
-/// is kept. The upstream keeps the conversation itself; this only maps a client session onto it.
+/// is kept by default. The upstream keeps the conversation itself; this only maps a client
+/// session onto it.
 pub const MAX_CONVERSATIONS: u64 = 100_000;
 pub const CONVERSATION_IDLE: Duration = Duration::from_secs(24 * 3600);
 
@@ -23,14 +24,50 @@ pub struct ConversationKey {
 /// in-memory one never waits.
 pub trait ConversationStore: Send + Sync {
     fn get(&self, key: &ConversationKey) -> impl Future<Output = Option<String>> + Send;
-    /// Remembers `id` for `key`; it is forgotten after `CONVERSATION_IDLE` unused.
-    fn put(&self, key: ConversationKey, id: String) -> impl Future<Output = ()> + Send;
+    /// Remembers `id` for `key`; it is forgotten once unused for `ttl`.
+    fn put(
+        &self,
+        key: ConversationKey,
+        id: String,
+        ttl: Duration,
+    ) -> impl Future<Output = ()> + Send;
     fn remove(&self, key: &ConversationKey) -> impl Future<Output = ()> + Send;
 }
 
-/// Conversations in this process (moka: bounded, idle expiry).
+/// An id and how long it may stay unused.
+type Held = (String, Duration);
+
+/// Each entry expires after its own TTL without a read.
+struct Idle;
+
+impl moka::Expiry<ConversationKey, Held> for Idle {
+    fn expire_after_create(&self, _: &ConversationKey, v: &Held, _: Instant) -> Option<Duration> {
+        Some(v.1)
+    }
+    fn expire_after_read(
+        &self,
+        _: &ConversationKey,
+        v: &Held,
+        _: Instant,
+        _: Option<Duration>,
+        _: Instant,
+    ) -> Option<Duration> {
+        Some(v.1)
+    }
+    fn expire_after_update(
+        &self,
+        _: &ConversationKey,
+        v: &Held,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(v.1)
+    }
+}
+
+/// Conversations in this process (moka: bounded, idle expiry per entry).
 pub struct MemoryConversations {
-    map: moka::sync::Cache<ConversationKey, String>,
+    map: moka::sync::Cache<ConversationKey, Held>,
 }
 
 impl Default for MemoryConversations {
@@ -38,7 +75,7 @@ impl Default for MemoryConversations {
         MemoryConversations {
             map: moka::sync::Cache::builder()
                 .max_capacity(MAX_CONVERSATIONS)
-                .time_to_idle(CONVERSATION_IDLE)
+                .expire_after(Idle)
                 .build(),
         }
     }
@@ -46,10 +83,10 @@ impl Default for MemoryConversations {
 
 impl ConversationStore for MemoryConversations {
     async fn get(&self, key: &ConversationKey) -> Option<String> {
-        self.map.get(key)
+        self.map.get(key).map(|(id, _)| id)
     }
-    async fn put(&self, key: ConversationKey, id: String) {
-        self.map.insert(key, id);
+    async fn put(&self, key: ConversationKey, id: String, ttl: Duration) {
+        self.map.insert(key, (id, ttl));
     }
     async fn remove(&self, key: &ConversationKey) {
         self.map.invalidate(key);
@@ -68,9 +105,9 @@ impl ConversationStore for Conversations {
             Conversations::Memory(m) => m.get(key).await,
         }
     }
-    async fn put(&self, key: ConversationKey, id: String) {
+    async fn put(&self, key: ConversationKey, id: String, ttl: Duration) {
         match self {
-            Conversations::Memory(m) => m.put(key, id).await,
+            Conversations::Memory(m) => m.put(key, id, ttl).await,
         }
     }
     async fn remove(&self, key: &ConversationKey) {
@@ -93,9 +130,16 @@ mod tests {
             session: "s".into(),
         };
         assert_eq!(store.get(&key).await, None);
-        store.put(key.clone(), "c1".into()).await;
+        store.put(key.clone(), "c1".into(), CONVERSATION_IDLE).await;
         assert_eq!(store.get(&key).await.as_deref(), Some("c1"));
         store.remove(&key).await;
+        assert_eq!(store.get(&key).await, None);
+        // An entry unused for its TTL is gone.
+        store
+            .put(key.clone(), "c2".into(), Duration::from_millis(50))
+            .await;
+        assert_eq!(store.get(&key).await.as_deref(), Some("c2"));
+        tokio::time::sleep(Duration::from_millis(120)).await;
         assert_eq!(store.get(&key).await, None);
     }
 }

@@ -13,7 +13,7 @@ pub mod upload;
 
 use super::{BuildCx, Decoder, Event, HookCx, Operation, Provider, StreamMeta, UpstreamCall};
 use crate::config::{DifyApp, DifySettings, Provider as ProviderConfig, Target};
-use crate::conversations::{ConversationKey, ConversationStore};
+use crate::conversations::{ConversationKey, ConversationStore, CONVERSATION_IDLE};
 use crate::error::{sanitize, GatewayError};
 use crate::protocol::sse::SseEvent;
 use crate::protocol::ChatRequest;
@@ -139,7 +139,9 @@ impl DifyStream {
 
     pub async fn on_finish(&self, cx: &HookCx<'_>) {
         if let (Some(key), Some(conv)) = (&self.call.conversation_key, &self.tr.conversation_id) {
-            cx.conversations.put(key.clone(), conv.clone()).await;
+            cx.conversations
+                .put(key.clone(), conv.clone(), CONVERSATION_IDLE)
+                .await;
         }
     }
 
