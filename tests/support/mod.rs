@@ -70,6 +70,13 @@ pub struct Knobs {
     pub retry_after: Option<u64>,
     /// Send the stream's headers, then only SSE comment pings, forever.
     pub pings_only: bool,
+    /// End a complete stream (finish chunk, usage if asked) without `data: [DONE]`.
+    pub omit_done: bool,
+    /// When not empty, `status` applies only to requests for these models; others get 200.
+    pub fail_models: Vec<String>,
+    /// Answer with this tool call (name, JSON arguments) instead of text, when the request
+    /// offers tools.
+    pub tool_call: Option<(String, String)>,
 }
 
 impl Default for Knobs {
@@ -88,6 +95,9 @@ impl Default for Knobs {
             reset_after: None,
             retry_after: None,
             pings_only: false,
+            omit_done: false,
+            fail_models: Vec::new(),
+            tool_call: None,
         }
     }
 }
@@ -283,7 +293,10 @@ async fn completions(State(state): State<Arc<MockState>>, req: axum::extract::Re
     }
     tokio::time::sleep(knobs.latency).await;
     watch.answered = true;
-    if knobs.status != 200 {
+    let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let model = req["model"].as_str().unwrap_or("mock-model").to_owned();
+    let failing = knobs.fail_models.is_empty() || knobs.fail_models.contains(&model);
+    if knobs.status != 200 && failing {
         let mut r = Response::builder()
             .status(knobs.status)
             .header("content-type", "application/json")
@@ -307,14 +320,19 @@ async fn completions(State(state): State<Arc<MockState>>, req: axum::extract::Re
             .body(Body::from_stream(pings))
             .unwrap();
     }
-    let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let model = req["model"].as_str().unwrap_or("mock-model").to_owned();
     let stream = req["stream"].as_bool().unwrap_or(false);
     let include_usage = req["stream_options"]["include_usage"]
         .as_bool()
         .unwrap_or(false);
     let completion_tokens = knobs.content.split_whitespace().count() as u64;
     let usage = json!({"prompt_tokens": 11, "completion_tokens": completion_tokens, "total_tokens": 11 + completion_tokens});
+    let tool_call = knobs
+        .tool_call
+        .clone()
+        .filter(|_| req["tools"].as_array().is_some_and(|t| !t.is_empty()));
+    if let Some((name, arguments)) = tool_call {
+        return tool_call_answer(&model, stream, &name, &arguments, &usage);
+    }
     if !stream {
         let answer = json!({
             "id": "chatcmpl-mock",
@@ -364,7 +382,9 @@ async fn completions(State(state): State<Arc<MockState>>, req: axum::extract::Re
                 .to_string(),
             ));
         }
-        events.push(Some("[DONE]".into()));
+        if !knobs.omit_done {
+            events.push(Some("[DONE]".into()));
+        }
     }
     let interval = knobs.chunk_interval;
     let stall = knobs.stall_after_headers;
@@ -391,6 +411,52 @@ async fn completions(State(state): State<Arc<MockState>>, req: axum::extract::Re
         .status(StatusCode::OK)
         .header("content-type", "text/event-stream")
         .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+/// A tool call as a `chat.completion`, or as a stream of chunks ending with `[DONE]`.
+fn tool_call_answer(
+    model: &str,
+    stream: bool,
+    name: &str,
+    arguments: &str,
+    usage: &Value,
+) -> Response {
+    let call = json!({"index": 0, "id": "call_mock_1", "type": "function",
+                      "function": {"name": name, "arguments": arguments}});
+    if !stream {
+        let answer = json!({
+            "id": "chatcmpl-mock", "object": "chat.completion", "created": MOCK_CREATED, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": [call]},
+                         "finish_reason": "tool_calls", "logprobs": null}],
+            "usage": usage,
+        });
+        return Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(Body::from(answer.to_string()))
+            .unwrap();
+    }
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": MOCK_CREATED, "model": model,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        .to_string()
+    };
+    let body = [
+        chunk(
+            json!({"role": "assistant", "content": null, "tool_calls": [call]}),
+            Value::Null,
+        ),
+        chunk(json!({}), json!("tool_calls")),
+        "[DONE]".to_owned(),
+    ]
+    .iter()
+    .map(|e| format!("data: {e}\n\n"))
+    .collect::<String>();
+    Response::builder()
+        .status(200)
+        .header("content-type", "text/event-stream")
+        .body(Body::from(body))
         .unwrap()
 }
 
