@@ -36,6 +36,8 @@ pub struct Entry<'a> {
     pub overhead: Duration,
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
+    /// Request features the answering target dropped (`accept_unsupported`).
+    pub dropped: crate::protocol::Features,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -94,6 +96,8 @@ impl Entry<'_> {
                     "completion_tokens",
                     self.completion_tokens.map(|n| n.to_string()),
                 );
+                let dropped = (!self.dropped.is_empty()).then(|| self.dropped.to_string());
+                field_str(out, "dropped", dropped.as_deref());
                 out.push(b'}');
             }
             LogFormat::Text => {
@@ -101,7 +105,7 @@ impl Entry<'_> {
                 let num = |v: Option<u64>| v.map_or("-".into(), |n| n.to_string());
                 let _ = write!(
                     out,
-                    "{ts} access request_id={} method={} path={} client={} scenario={} provider={} stream={} attempts={} status={} cache={} error={} ttft_ms={} duration_ms={} overhead_ms={} prompt_tokens={} completion_tokens={}",
+                    "{ts} access request_id={} method={} path={} client={} scenario={} provider={} stream={} attempts={} status={} cache={} error={} ttft_ms={} duration_ms={} overhead_ms={} prompt_tokens={} completion_tokens={} dropped={}",
                     self.request_id,
                     self.method,
                     self.path,
@@ -118,6 +122,11 @@ impl Entry<'_> {
                     ms(self.overhead),
                     num(self.prompt_tokens),
                     num(self.completion_tokens),
+                    if self.dropped.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        self.dropped.to_string()
+                    },
                 );
             }
         }

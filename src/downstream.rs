@@ -64,6 +64,8 @@ pub struct RequestCtx {
     /// USD charged to a limited client (with estimates where the upstream reported no usage);
     /// `None` = computed from usage and cost when metrics are recorded.
     pub spent: Option<f64>,
+    /// Request features the answering target dropped (`x-gateway-dropped`, access log).
+    pub dropped: crate::protocol::Features,
     /// Whether the client asked for a stream (access log).
     pub stream: Option<bool>,
     /// The error code answered, if the request failed (access log).
@@ -96,6 +98,7 @@ impl RequestCtx {
             cost: None,
             extra_headers: Vec::new(),
             spent: None,
+            dropped: crate::protocol::Features::NONE,
             stream: None,
             error: None,
             drain: None,
@@ -142,6 +145,10 @@ pub fn response_header(status: u16, ctx: &RequestCtx) -> Result<ResponseHeader, 
     }
     if let Some(s) = &ctx.session {
         h.insert_header("x-gateway-session", s.as_str())
+            .map_err(bad)?;
+    }
+    if !ctx.dropped.is_empty() {
+        h.insert_header("x-gateway-dropped", ctx.dropped.to_string())
             .map_err(bad)?;
     }
     for (k, v) in &ctx.extra_headers {

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use raw::{BudgetPeriod, DifyApp, LogFormat, ProviderType, Strategy};
+pub use raw::{BudgetPeriod, DifyApp, LogFormat, ProviderType, Strategy, SystemPromptMode};
 pub use units::Secret;
 
 /// How bad a finding is: errors stop a load, warnings are printed by `--check` only.
@@ -192,6 +192,9 @@ pub struct Target {
     pub cost: Option<Cost>,
     /// Template name in [`Config::templates`].
     pub system_prompt: Option<String>,
+    pub system_prompt_mode: SystemPromptMode,
+    /// Features this target serves by dropping them (`accept_unsupported`).
+    pub accept_unsupported: crate::protocol::Features,
     /// Defaults merged under the client's values.
     pub params: serde_json::Map<String, serde_json::Value>,
     /// Dify inputs specific to this target (template names), over the provider's.

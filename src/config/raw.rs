@@ -229,6 +229,21 @@ pub struct RawTarget {
     pub system_prompt_file: Option<String>,
     pub params: Option<serde_json::Map<String, serde_json::Value>>,
     pub inputs: Option<IndexMap<String, String>>,
+    pub system_prompt_mode: Option<SystemPromptMode>,
+    pub accept_unsupported: Option<Vec<String>>,
+}
+
+/// How a target's `system_prompt` meets the client's own system messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SystemPromptMode {
+    /// The target's prompt as a first system message, the client's kept after it.
+    #[default]
+    Prepend,
+    /// The target's prompt only; the client's system and developer messages are removed.
+    Replace,
+    /// One system message: the target's prompt, a blank line, the client's system texts.
+    Merge,
 }
 
 #[derive(Debug, Default, Deserialize)]

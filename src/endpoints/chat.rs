@@ -46,6 +46,7 @@ pub async fn handle(
     )?;
     let scenario = &config.scenarios[idx];
     ctx.scenario = Some(scenario.name.clone());
+    forward::check_features(shared, scenario, &req)?;
 
     let default_user =
         client.map_or_else(|| "gateway".to_owned(), |c| format!("gateway-{}", c.name));

@@ -15,6 +15,8 @@ pub enum Outcome {
     Status429,
     Status4xx,
     StreamError,
+    /// Not tried: the target cannot serve a feature the request uses.
+    Unsupported,
 }
 
 impl Outcome {
@@ -27,6 +29,7 @@ impl Outcome {
             Outcome::Status429 => "status_429",
             Outcome::Status4xx => "status_4xx",
             Outcome::StreamError => "stream_error",
+            Outcome::Unsupported => "unsupported",
         }
     }
 

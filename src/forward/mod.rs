@@ -20,14 +20,14 @@ mod relay;
 mod translated;
 mod wait;
 
-use crate::config::{Config, Scenario};
+use crate::config::{Config, Scenario, Target};
 use crate::downstream::RequestCtx;
 use crate::error::{Failover, GatewayError};
-use crate::protocol::ChatRequest;
+use crate::protocol::{ChatRequest, Features};
 use crate::providers::{self, BuildCx, Provider, TemplateVars};
 use crate::routing::Skip;
 use crate::state::Shared;
-use failure::Failure;
+use failure::{Failure, Outcome};
 use pingora::protocols::http::ServerSession as Session;
 use std::time::{Duration, Instant};
 
@@ -62,17 +62,28 @@ pub async fn serve(
     let mut made = 0usize;
     // One pass over the chain; a lone target may be tried up to `attempts` times.
     let order = (0..if n == 1 { cap } else { n }).map(move |i| if n == 1 { 0 } else { i });
-    let cx = BuildCx {
+    let mut cx = BuildCx {
         config: job.config,
         upstream: &shared.upstream,
         conversations: &shared.conversations,
         vars: job.vars,
+        drop: Features::NONE,
     };
+    let mut unsupported = vec![false; n];
     for idx in order {
         if made == cap {
             break;
         }
         let c = &plan.candidates[idx];
+        let drop = match fit(c.target, job.req.features) {
+            Ok(drop) => drop,
+            Err(_) => {
+                if !std::mem::replace(&mut unsupported[idx], true) {
+                    failure::record(shared, &c.target.provider.name, Outcome::Unsupported);
+                }
+                continue;
+            }
+        };
         let mut guard = match router.admit(c, Instant::now()) {
             Ok(g) => g,
             Err(skip) => {
@@ -108,6 +119,8 @@ pub async fn serve(
         made += 1;
         previous = Some(idx);
         let provider = providers::of(&c.target.provider);
+        cx.drop = drop;
+        ctx.dropped = drop;
         let call = provider.build(&cx, c.target, job.req).await?;
         if let Some(c) = &mut ctx.capture {
             c.reset();
@@ -141,7 +154,75 @@ pub async fn serve(
     if let Some(e) = last {
         return Err(e);
     }
+    if made == 0 && skips.is_empty() {
+        // Every usable target was skipped as unsupported: those that could serve the request
+        // have no key (`check_features` let it through for them).
+        return Err(GatewayError::UpstreamError(format!(
+            "no target of scenario {} can serve this request: the targets that support what it \
+             asks for ({}) are not usable (no api_key)",
+            scenario.name, job.req.features
+        )));
+    }
     Err(unavailable(scenario, &skips))
+}
+
+/// Whether `target` can serve a request using `needs`: `Ok` with the features it drops to do
+/// so, or `Err` with those it can neither serve nor drop.
+fn fit(target: &Target, needs: Features) -> Result<Features, Features> {
+    let missing = needs.without(providers::of(&target.provider).features());
+    let unserved = missing.without(target.accept_unsupported);
+    if unserved.is_empty() {
+        Ok(missing)
+    } else {
+        Err(unserved)
+    }
+}
+
+/// Refuses, before anything is reserved or contacted, a request that no target of its scenario
+/// can serve as asked: 400 `unsupported_parameter` naming the field, the scenario and the
+/// targets considered. Never a 200 that silently ignored what the client asked for.
+pub fn check_features(
+    shared: &Shared,
+    scenario: &Scenario,
+    req: &ChatRequest,
+) -> Result<(), GatewayError> {
+    let mut unserved = Features::NONE;
+    for t in &scenario.targets {
+        match fit(t, req.features) {
+            Ok(_) => return Ok(()),
+            Err(u) => unserved = unserved.or(u),
+        }
+    }
+    if scenario.targets.is_empty() {
+        return Ok(());
+    }
+    for t in &scenario.targets {
+        failure::record(shared, &t.provider.name, Outcome::Unsupported);
+    }
+    let considered = scenario
+        .targets
+        .iter()
+        .map(|t| match &t.model {
+            Some(m) => format!("{} ({}, {m})", t.provider.name, t.provider.type_name()),
+            None => format!("{} ({})", t.provider.name, t.provider.type_name()),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let first = unserved.iter().next().unwrap_or(crate::protocol::Feature::Stream);
+    Err(GatewayError::Mapped {
+        status: 400,
+        message: format!(
+            "scenario {} cannot serve `{}` ({unserved} asked): no target supports it (considered: {considered}); \
+             use a scenario with a target that does, or let a target drop it with accept_unsupported",
+            scenario.name,
+            first.param(),
+        ),
+        error_type: "invalid_request_error".into(),
+        code: "unsupported_parameter".into(),
+        param: Some(first.param().to_owned()),
+        should_retry: Some(false),
+        retry_after: None,
+    })
 }
 
 /// Nothing could be tried: 429 when every target rests after a 429, else 503; `Retry-After`

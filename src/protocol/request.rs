@@ -4,6 +4,7 @@
 //! kept as the client's raw JSON text, so a large history or a base64 image reaches the upstream
 //! byte for byte and is never re-serialized.
 
+use super::features::{Feature, Features};
 use crate::error::GatewayError;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
@@ -37,9 +38,19 @@ impl<'de> Deserialize<'de> for RawObject {
     }
 }
 
+/// What the gateway reads of a message: its role and the features it uses. The content is
+/// looked into only when it is an array of parts.
 #[derive(Deserialize)]
-struct MessageView {
+struct MessageView<'a> {
     role: Option<Value>,
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct PartView<'a> {
+    #[serde(borrow, rename = "type", default)]
+    kind: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// What the gateway reads from headers for the same purposes as body fields (§1.3).
@@ -67,6 +78,8 @@ pub struct ChatRequest {
     pub user_profile: Value,
     /// Every other top-level field, raw, in client order (`stream`, `temperature`, `tools`, …).
     pub rest: Vec<(String, Box<RawValue>)>,
+    /// What the request uses that a provider may not serve.
+    pub features: Features,
 }
 
 fn invalid(msg: impl Into<String>, param: &str) -> GatewayError {
@@ -74,10 +87,12 @@ fn invalid(msg: impl Into<String>, param: &str) -> GatewayError {
 }
 
 /// Every message is an object with a string role; the rest of it is the upstream's to judge.
-fn check_messages(messages: &[Box<RawValue>]) -> Result<(), GatewayError> {
+/// Notes the features the messages use.
+fn check_messages(messages: &[Box<RawValue>], features: &mut Features) -> Result<(), GatewayError> {
     if messages.is_empty() {
         return Err(invalid("`messages` must not be empty", "messages"));
     }
+    let last = messages.len() - 1;
     for (i, m) in messages.iter().enumerate() {
         let view: MessageView = serde_json::from_str(m.get()).map_err(|_| {
             invalid(
@@ -85,14 +100,61 @@ fn check_messages(messages: &[Box<RawValue>]) -> Result<(), GatewayError> {
                 &format!("messages[{i}]"),
             )
         })?;
-        if !matches!(view.role, Some(Value::String(_))) {
+        let Some(Value::String(role)) = &view.role else {
             return Err(invalid(
                 format!("messages[{i}].role must be a string"),
                 &format!("messages[{i}].role"),
             ));
+        };
+        // Answering a tool result is continuing a tool call; earlier tool turns are history
+        // every provider can be told about.
+        if i == last && matches!(role.as_str(), "tool" | "function") {
+            features.insert(Feature::ToolHistory);
+        }
+        if let Some(content) = view.content.filter(|c| c.get().starts_with('[')) {
+            // Parts of unknown shape are the upstream's to judge, as anything else it gets.
+            let parts: Vec<PartView> = serde_json::from_str(content.get()).unwrap_or_default();
+            for p in parts {
+                match p.kind.as_deref() {
+                    Some("image_url") => features.insert(Feature::Images),
+                    Some("input_audio") => features.insert(Feature::Audio),
+                    _ => {}
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// The feature a top-level field asks for, if its value asks for one (`n: 1`, `logprobs:
+/// false`, `response_format: {"type": "text"}` and empty tool lists ask for nothing).
+fn field_feature(key: &str, raw: &RawValue) -> Option<Feature> {
+    let text = raw.get();
+    match key {
+        "tools" | "functions" => (text.starts_with('[') && !is_empty_array(text)).then_some(Feature::Tools),
+        "response_format" => {
+            #[derive(Deserialize)]
+            struct Format<'a> {
+                #[serde(borrow, rename = "type")]
+                kind: Option<std::borrow::Cow<'a, str>>,
+            }
+            let f: Format = serde_json::from_str(text).ok()?;
+            matches!(f.kind.as_deref(), Some("json_object" | "json_schema"))
+                .then_some(Feature::ResponseFormat)
+        }
+        "n" => serde_json::from_str::<f64>(text).is_ok_and(|n| n > 1.0).then_some(Feature::N),
+        "logprobs" => (text == "true").then_some(Feature::Logprobs),
+        "top_logprobs" => (text != "null").then_some(Feature::Logprobs),
+        "audio" => (text != "null").then_some(Feature::Audio),
+        "modalities" => serde_json::from_str::<Vec<std::borrow::Cow<str>>>(text)
+            .is_ok_and(|m| m.iter().any(|x| x == "audio"))
+            .then_some(Feature::Audio),
+        _ => None,
+    }
+}
+
+fn is_empty_array(text: &str) -> bool {
+    text[1..].trim_start().starts_with(']')
 }
 
 /// The gateway's own keys of `metadata` (removed from it), with the header hints as fallbacks.
@@ -160,6 +222,7 @@ impl ChatRequest {
         let mut include_usage = false;
         let mut user = None;
         let mut rest = Vec::with_capacity(obj.0.len());
+        let mut features = Features::NONE;
         for (key, raw) in obj.0 {
             match key.as_str() {
                 "model" => {
@@ -205,12 +268,18 @@ impl ChatRequest {
                         }
                         _ => {}
                     }
+                    if let Some(f) = field_feature(other, &raw) {
+                        features.insert(f);
+                    }
                     rest.push((key, raw));
                 }
             }
         }
         let messages = messages.ok_or_else(|| invalid("`messages` is required", "messages"))?;
-        check_messages(&messages)?;
+        check_messages(&messages, &mut features)?;
+        if stream {
+            features.insert(Feature::Stream);
+        }
         let (scenario, session, user_profile) = gateway_metadata(&mut metadata, hints)?;
         debug_assert!(GATEWAY_METADATA_KEYS
             .iter()
@@ -227,6 +296,7 @@ impl ChatRequest {
             session,
             user_profile,
             rest,
+            features,
         })
     }
 
@@ -294,6 +364,39 @@ mod tests {
                 .unwrap_err()
                 .code(),
             "invalid_request"
+        );
+    }
+
+    #[test]
+    fn features_are_what_the_values_ask_for() {
+        let f = |body: &str| parse(body).unwrap().features.to_string();
+        let user = r#""messages":[{"role":"user","content":"x"}]"#;
+        assert_eq!(f(&format!("{{{user}}}")), "");
+        assert_eq!(
+            f(&format!(
+                r#"{{{user},"tools":[{{"type":"function"}}],"n":2,"logprobs":true,"stream":true,"response_format":{{"type":"json_object"}}}}"#
+            )),
+            "tools,response_format,n,logprobs,stream"
+        );
+        assert_eq!(
+            f(&format!(
+                r#"{{{user},"tools":[ ],"n":1,"logprobs":false,"top_logprobs":null,"response_format":{{"type":"text"}}}}"#
+            )),
+            ""
+        );
+        assert_eq!(
+            f(r#"{"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"image_url","image_url":{"url":"http://x/y.png"}}]}]}"#),
+            "images"
+        );
+        let history = r#"{"messages":[{"role":"user","content":"a"},{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"c","content":"r"}"#;
+        assert_eq!(f(&format!("{history}]}}")), "tool_history");
+        assert_eq!(
+            f(&format!(r#"{history},{{"role":"user","content":"b"}}]}}"#)),
+            ""
+        );
+        assert_eq!(
+            f(&format!(r#"{{{user},"modalities":["text","audio"]}}"#)),
+            "audio"
         );
     }
 

@@ -20,7 +20,7 @@ use crate::conversations::Conversations;
 use crate::error::GatewayError;
 use crate::protocol::chunks::{ToolCallPiece, Usage};
 use crate::protocol::sse::SseEvent;
-use crate::protocol::ChatRequest;
+use crate::protocol::{ChatRequest, Features};
 use crate::upstream::{Auth, Conn, OpenError, Upstream};
 use bytes::Bytes;
 use std::future::Future;
@@ -60,6 +60,8 @@ pub struct BuildCx<'a> {
     pub upstream: &'a Upstream,
     pub conversations: &'a Conversations,
     pub vars: &'a TemplateVars<'a>,
+    /// Features the target drops (`accept_unsupported`): their fields are not sent.
+    pub drop: Features,
 }
 
 /// What a hook may use when an answer ends or is abandoned.
@@ -91,6 +93,10 @@ pub struct Deadlines {
 /// The contract every provider implements.
 pub trait Provider {
     fn supports(&self, op: Operation) -> bool;
+
+    /// The request features this provider serves as asked; routing skips it for a request
+    /// using any other (unless the target drops that feature).
+    fn features(&self) -> Features;
 
     fn auth(&self) -> Auth<'_>;
 
@@ -160,6 +166,10 @@ macro_rules! each {
 impl Provider for Dispatch<'_> {
     fn supports(&self, op: Operation) -> bool {
         each!(self, p => p.supports(op))
+    }
+
+    fn features(&self) -> Features {
+        each!(self, p => p.features())
     }
 
     fn auth(&self) -> Auth<'_> {

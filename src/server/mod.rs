@@ -128,6 +128,7 @@ impl Gateway {
             overhead: elapsed.saturating_sub(ctx.upstream_wait),
             prompt_tokens: ctx.prompt_tokens,
             completion_tokens: ctx.completion_tokens,
+            dropped: ctx.dropped,
         };
         let format = self.shared.snapshot().config.log_format;
         self.shared.access_log.write(&entry, format);

@@ -6,6 +6,7 @@ use super::policies::{self, Policies};
 use super::{add_template, Ctx};
 use crate::config::raw::{RawConfig, RawMatch, RawProvider, RawScenario, RawTarget};
 use crate::config::{Cost, Match, Provider, ProviderKind, Scenario, Strategy, Target};
+use crate::protocol::{Feature, Features};
 use indexmap::IndexMap;
 use std::collections::HashMap;
 use std::path::Path;
@@ -224,6 +225,13 @@ fn target(
             );
         }
     }
+    let accept_unsupported = accept_unsupported(cx, tkey, t);
+    if t.system_prompt_mode.is_some() && system_prompt.is_none() {
+        cx.warn(
+            format!("{tkey}.system_prompt_mode"),
+            "has no effect: the target has no system_prompt",
+        );
+    }
     Some(Target {
         timeouts: policies::timeouts(&provider.timeouts, s.timeouts.as_ref()),
         retry: policies::retry(&provider.retry, s.retry.as_ref()),
@@ -235,9 +243,31 @@ fn target(
             output: c.output,
         }),
         system_prompt,
+        system_prompt_mode: t.system_prompt_mode.unwrap_or_default(),
+        accept_unsupported,
         params: t.params.clone().unwrap_or_default(),
         inputs,
     })
+}
+
+/// `accept_unsupported`: request features the target serves by dropping them.
+fn accept_unsupported(cx: &mut Ctx, tkey: &str, t: &RawTarget) -> Features {
+    let mut set = Features::NONE;
+    for name in t.accept_unsupported.iter().flatten() {
+        let key = format!("{tkey}.accept_unsupported");
+        match Feature::from_name(name) {
+            Some(f) if f.droppable() => set.insert(f),
+            Some(_) => cx.error(
+                key,
+                format!("{name:?} cannot be dropped (only tools, response_format, n, logprobs)"),
+            ),
+            None => cx.error(
+                key,
+                format!("unknown feature {name:?} (droppable: tools, response_format, n, logprobs)"),
+            ),
+        }
+    }
+    set
 }
 
 /// The target's `model` (blank = none), after checking the fields that depend on the type.
@@ -300,7 +330,13 @@ fn fingerprint(targets: &[Target], templates: &minijinja::Environment<'static>) 
     let mut h = Sha256::new();
     for t in targets {
         let p = &t.provider;
-        h.update(format!("{}|{:?}|{:?}|{:?}|", p.name, p.kind, p.url, t.model).as_bytes());
+        h.update(
+            format!(
+                "{}|{:?}|{:?}|{:?}|{:?}|{}|",
+                p.name, p.kind, p.url, t.model, t.system_prompt_mode, t.accept_unsupported
+            )
+            .as_bytes(),
+        );
         if let ProviderKind::Dify(d) = &p.kind {
             for name in d.inputs.values() {
                 h.update(source(name).as_bytes());

@@ -1,6 +1,7 @@
 //! Dify Service API upstreams (chat, agent, chatflow, workflow, completion apps).
 //!
-//! `request.rs` maps the OpenAI request onto Dify's (with `upload.rs` for inline images),
+//! `turns.rs` reduces the OpenAI messages to Dify's turns (tool calls and results rendered as
+//! text), `request.rs` maps them onto Dify's request (with `upload.rs` for inline images),
 //! `translate.rs` turns Dify's event stream into answer events, `errors.rs` maps Dify's error
 //! table. Dify's own needs at the end of an answer are hooks of its decoder: the conversation
 //! is remembered when the answer completes, the task is stopped when nobody reads it any more.
@@ -9,6 +10,7 @@
 pub mod errors;
 pub mod request;
 pub mod translate;
+pub mod turns;
 pub mod upload;
 
 use super::{BuildCx, Decoder, Event, HookCx, Operation, Provider, StreamMeta, UpstreamCall};
@@ -16,13 +18,14 @@ use crate::config::{DifyApp, DifySettings, Provider as ProviderConfig, Target};
 use crate::conversations::{ConversationKey, ConversationStore, CONVERSATION_IDLE};
 use crate::error::{sanitize, GatewayError};
 use crate::protocol::sse::SseEvent;
-use crate::protocol::ChatRequest;
+use crate::protocol::{ChatRequest, Feature, Features};
 use crate::upstream::Auth;
 use bytes::Bytes;
 use std::time::Duration;
 use translate::Translator;
 
-pub use request::{body, generate_path, has_conversations, query_text, stop_path, turns};
+pub use request::{body, generate_path, has_conversations, stop_path};
+pub use turns::{query_text, turns};
 
 /// How long a stop call may take after the client left.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,6 +44,12 @@ fn auth(p: &ProviderConfig) -> Auth<'_> {
 impl Provider for Dify<'_> {
     fn supports(&self, op: Operation) -> bool {
         matches!(op, Operation::Chat)
+    }
+
+    /// A Dify app takes a query, inputs and files: streamed text with images in. Tool calls
+    /// in the history are rendered into the query text; answering a tool result is not served.
+    fn features(&self) -> Features {
+        Features::of(&[Feature::Stream, Feature::Images])
     }
 
     fn auth(&self) -> Auth<'_> {

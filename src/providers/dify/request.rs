@@ -1,8 +1,9 @@
-//! Dify request mapping: the OpenAI messages become Dify's `query` / `inputs` / `files`; a
-//! session continues its Dify conversation and sends only the new turn, otherwise earlier turns
-//! are rendered into the query. The call is always `response_mode: streaming`.
+//! Dify request mapping: the turns (`turns.rs`) become Dify's `query` / `inputs` / `files`, a
+//! session's conversation is looked up, inline images are uploaded, and the body for the app's
+//! endpoint is built. The call is always `response_mode: streaming`.
 
 use super::translate::Translator;
+use super::turns::{query_text, turns, ImagePart};
 use super::{DifyCall, DifyStream};
 use crate::config::{Config, DifyApp, DifySettings, Target};
 use crate::conversations::{ConversationKey, ConversationStore};
@@ -22,7 +23,7 @@ pub async fn build_call(
     let provider = &target.provider;
     let vars = cx.vars;
     let system_prompt = super::super::render_system_prompt(cx.config, target, req, vars)?;
-    let t = turns(req, system_prompt.as_deref())?;
+    let t = turns(req, system_prompt.as_deref(), target.system_prompt_mode)?;
     let user = vars.user.to_owned();
     let conversational = has_conversations(settings.app);
     let conversation_key =
@@ -113,167 +114,6 @@ pub async fn build_call(
     })
 }
 
-/// An image the client sent: a URL Dify can fetch, or inline data to upload first.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ImagePart {
-    Remote(String),
-    Inline { mime: String, data: Vec<u8> },
-}
-
-/// The client's messages, reduced to what Dify takes.
-#[derive(Debug, Default, PartialEq)]
-pub struct Turns {
-    /// System and developer text, joined.
-    pub system: String,
-    /// Earlier user/assistant turns as (role, text), before the last user message.
-    pub history: Vec<(String, String)>,
-    /// The last user message's text.
-    pub query: String,
-    pub images: Vec<ImagePart>,
-}
-
-fn text_of(content: &Value, images: Option<&mut Vec<ImagePart>>) -> Result<String, GatewayError> {
-    match content {
-        Value::String(s) => Ok(s.clone()),
-        Value::Null => Ok(String::new()),
-        Value::Array(parts) => {
-            let mut texts = Vec::new();
-            let mut images = images;
-            for p in parts {
-                match p.get("type").and_then(Value::as_str) {
-                    Some("text") => {
-                        if let Some(t) = p.get("text").and_then(Value::as_str) {
-                            texts.push(t.to_owned());
-                        }
-                    }
-                    Some("image_url") => {
-                        let url = p
-                            .get("image_url")
-                            .and_then(|u| u.get("url").or(Some(u)))
-                            .and_then(Value::as_str)
-                            .unwrap_or_default();
-                        if let Some(list) = images.as_deref_mut() {
-                            list.push(image_part(url)?);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            Ok(texts.join("\n"))
-        }
-        _ => Err(GatewayError::invalid_request(
-            "message content must be a string or an array of parts",
-            Some("messages"),
-        )),
-    }
-}
-
-fn image_part(url: &str) -> Result<ImagePart, GatewayError> {
-    if let Some(rest) = url.strip_prefix("data:") {
-        let (meta, data) = rest.split_once(',').ok_or_else(|| {
-            GatewayError::invalid_request("malformed data: URL in image_url", Some("messages"))
-        })?;
-        let mime = meta.split(';').next().unwrap_or("image/png").to_owned();
-        if !meta.ends_with(";base64") {
-            return Err(GatewayError::invalid_request(
-                "image data: URLs must be base64",
-                Some("messages"),
-            ));
-        }
-        let data = base64_decode(data).ok_or_else(|| {
-            GatewayError::invalid_request("image data: URL is not valid base64", Some("messages"))
-        })?;
-        return Ok(ImagePart::Inline { mime, data });
-    }
-    if url.starts_with("http://") || url.starts_with("https://") {
-        return Ok(ImagePart::Remote(url.to_owned()));
-    }
-    Err(GatewayError::invalid_request(
-        "image_url must be an http(s) or data: URL",
-        Some("messages"),
-    ))
-}
-
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD
-        .decode(text.trim())
-        .ok()
-}
-
-pub fn turns(req: &ChatRequest, prompt: Option<&str>) -> Result<Turns, GatewayError> {
-    let msgs: Vec<Value> = req
-        .messages
-        .iter()
-        .map(|m| serde_json::from_str(m.get()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| {
-            GatewayError::invalid_request(format!("bad message: {e}"), Some("messages"))
-        })?;
-    let last_user = msgs
-        .iter()
-        .rposition(|m| m["role"] == "user")
-        .ok_or_else(|| {
-            GatewayError::invalid_request(
-                "a Dify app needs at least one user message",
-                Some("messages"),
-            )
-        })?;
-    let mut t = Turns::default();
-    let mut system = Vec::new();
-    if let Some(p) = prompt.filter(|p| !p.trim().is_empty()) {
-        system.push(p.trim().to_owned());
-    }
-    for (i, m) in msgs.iter().enumerate() {
-        let role = m["role"].as_str().unwrap_or_default();
-        match role {
-            "system" | "developer" => {
-                let s = text_of(&m["content"], None)?;
-                if !s.is_empty() {
-                    system.push(s);
-                }
-            }
-            "user" if i == last_user => t.query = text_of(&m["content"], Some(&mut t.images))?,
-            "user" | "assistant" if i < last_user => {
-                let s = text_of(&m["content"], None)?;
-                if !s.is_empty() {
-                    t.history.push((role.to_owned(), s));
-                }
-            }
-            _ => {}
-        }
-    }
-    t.system = system.join("\n\n");
-    Ok(t)
-}
-
-/// The text Dify receives as the user's turn.
-/// - `first_turn`: a new Dify conversation, so a system text without `system_input` is prefixed.
-/// - `with_history`: earlier turns are rendered as a transcript (no session to carry them).
-pub fn query_text(
-    t: &Turns,
-    settings: &DifySettings,
-    first_turn: bool,
-    with_history: bool,
-) -> String {
-    let mut out = String::new();
-    if first_turn && settings.system_input.is_none() && !t.system.is_empty() {
-        out.push_str(&t.system);
-        out.push_str("\n\n");
-    }
-    if with_history && !t.history.is_empty() {
-        out.push_str("Conversation so far:\n");
-        for (role, text) in &t.history {
-            out.push_str(role);
-            out.push_str(": ");
-            out.push_str(text);
-            out.push('\n');
-        }
-        out.push_str("\nCurrent message:\n");
-    }
-    out.push_str(&t.query);
-    out
-}
 
 /// Renders the provider's and the target's `inputs` templates (the target's win).
 pub fn inputs(
@@ -361,7 +201,6 @@ pub fn body(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::RequestHints;
 
     fn settings(app: DifyApp, system_input: Option<&str>) -> DifySettings {
         DifySettings {
@@ -372,64 +211,6 @@ mod tests {
             system_input: system_input.map(str::to_owned),
             reasoning: false,
         }
-    }
-
-    fn req(body: &str) -> ChatRequest {
-        ChatRequest::parse(body.as_bytes(), &RequestHints::default()).unwrap()
-    }
-
-    #[test]
-    fn turns_split_system_history_and_the_last_user_message() {
-        let r = req(
-            r#"{"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"hi"},
-            {"role":"assistant","content":"hello"},{"role":"user","content":[{"type":"text","text":"a"},
-            {"type":"image_url","image_url":{"url":"https://x/i.png"}},{"type":"text","text":"b"}]}]}"#,
-        );
-        let t = turns(&r, Some("Prompt.")).unwrap();
-        assert_eq!(t.system, "Prompt.\n\nBe brief.");
-        assert_eq!(
-            t.history,
-            vec![
-                ("user".into(), "hi".into()),
-                ("assistant".into(), "hello".into())
-            ]
-        );
-        assert_eq!(t.query, "a\nb");
-        assert_eq!(t.images, vec![ImagePart::Remote("https://x/i.png".into())]);
-        let s = settings(DifyApp::Chat, None);
-        assert_eq!(
-            query_text(&t, &s, true, true),
-            "Prompt.\n\nBe brief.\n\nConversation so far:\nuser: hi\nassistant: hello\n\nCurrent message:\na\nb"
-        );
-        assert_eq!(query_text(&t, &s, false, false), "a\nb");
-        assert_eq!(
-            query_text(&t, &settings(DifyApp::Chat, Some("persona")), true, false),
-            "a\nb"
-        );
-    }
-
-    #[test]
-    fn data_urls_are_decoded_for_upload() {
-        let r = req(
-            r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,aGVsbG8="}}]}]}"#,
-        );
-        let t = turns(&r, None).unwrap();
-        assert_eq!(
-            t.images,
-            vec![ImagePart::Inline {
-                mime: "image/png".into(),
-                data: b"hello".to_vec()
-            }]
-        );
-        let bad = req(
-            r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"file:///etc/passwd"}}]}]}"#,
-        );
-        assert!(turns(&bad, None).is_err());
-        assert!(turns(
-            &req(r#"{"messages":[{"role":"system","content":"x"}]}"#),
-            None
-        )
-        .is_err());
     }
 
     #[test]

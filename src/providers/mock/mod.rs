@@ -11,7 +11,7 @@
 use super::{BuildCx, Deadlines, Operation, Provider, UpstreamCall};
 use crate::config::{MockSettings, Provider as ProviderConfig, Target};
 use crate::error::GatewayError;
-use crate::protocol::ChatRequest;
+use crate::protocol::{ChatRequest, Feature, Features};
 use crate::upstream::{Auth, Conn, Memory, OpenError, Upstream};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -32,6 +32,12 @@ impl Provider for Mock<'_> {
         matches!(op, Operation::Chat)
     }
 
+    /// Text answers, streamed or not: a request asking for tools, a format, several choices,
+    /// log probabilities or media is refused rather than answered with an echo.
+    fn features(&self) -> Features {
+        Features::of(&[Feature::Stream])
+    }
+
     fn auth(&self) -> Auth<'_> {
         Auth::None
     }
@@ -49,7 +55,7 @@ impl Provider for Mock<'_> {
             .as_deref()
             .or(req.model.as_deref())
             .unwrap_or("mock");
-        let body = super::openai::build_body_with_model(target, req, system.as_deref(), model);
+        let body = super::openai::build_body_with_model(target, req, system.as_deref(), model, cx.drop);
         Ok(UpstreamCall {
             path: String::new(),
             body: Bytes::from(body),

@@ -6,17 +6,25 @@
 pub mod errors;
 
 use super::{BuildCx, Operation, Provider, UpstreamCall};
-use crate::config::{Provider as ProviderConfig, Target};
+use crate::config::{Provider as ProviderConfig, SystemPromptMode, Target};
 use crate::error::GatewayError;
-use crate::protocol::ChatRequest;
+use crate::protocol::{ChatRequest, Features};
 use crate::upstream::Auth;
 use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
 
 pub struct OpenAi<'a>(pub &'a ProviderConfig);
 
 impl Provider for OpenAi<'_> {
     fn supports(&self, op: Operation) -> bool {
         matches!(op, Operation::Chat)
+    }
+
+    /// Everything: the request reaches the upstream as the client sent it.
+    fn features(&self) -> Features {
+        Features::ALL
     }
 
     fn auth(&self) -> Auth<'_> {
@@ -33,7 +41,7 @@ impl Provider for OpenAi<'_> {
         req: &'a ChatRequest,
     ) -> Result<UpstreamCall, GatewayError> {
         let system = super::render_system_prompt(cx.config, target, req, cx.vars)?;
-        build_call(target, req, system.as_deref())
+        build_call(target, req, system.as_deref(), cx.drop)
     }
 
     fn map_error(&self, status: u16, body: &[u8], retry_after: Option<u64>) -> GatewayError {
@@ -55,6 +63,7 @@ pub fn build_body(
     target: &Target,
     req: &ChatRequest,
     system: Option<&str>,
+    drop: Features,
 ) -> Result<Vec<u8>, GatewayError> {
     let model = target
         .model
@@ -66,16 +75,68 @@ pub fn build_body(
                 Some("model"),
             )
         })?;
-    Ok(build_body_with_model(target, req, system, model))
+    Ok(build_body_with_model(target, req, system, model, drop))
 }
 
-/// The upstream body with `model` as the upstream model.
+/// The text of a client system or developer message; `None` for any other message.
+fn client_system_text(message: &RawValue) -> Option<String> {
+    #[derive(Deserialize)]
+    struct View {
+        role: String,
+        #[serde(default)]
+        content: Value,
+    }
+    let v: View = serde_json::from_str(message.get()).ok()?;
+    if v.role != "system" && v.role != "developer" {
+        return None;
+    }
+    Some(match v.content {
+        Value::String(s) => s,
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    })
+}
+
+/// The system message the upstream gets first, and whether the client's own system messages
+/// are left out of the list (`replace`, or `merge` which folded them into the first).
+fn system_message(
+    mode: SystemPromptMode,
+    prompt: Option<&str>,
+    req: &ChatRequest,
+) -> (Option<String>, bool) {
+    let Some(prompt) = prompt else {
+        return (None, false);
+    };
+    let message = |text: &str| serde_json::json!({"role": "system", "content": text}).to_string();
+    match mode {
+        SystemPromptMode::Prepend => (Some(message(prompt)), false),
+        SystemPromptMode::Replace => (Some(message(prompt)), true),
+        SystemPromptMode::Merge => {
+            let mut text = prompt.to_owned();
+            for own in req.messages.iter().filter_map(|m| client_system_text(m)) {
+                if !own.is_empty() {
+                    text.push_str("\n\n");
+                    text.push_str(&own);
+                }
+            }
+            (Some(message(&text)), true)
+        }
+    }
+}
+
+/// The upstream body with `model` as the upstream model, without the fields of `drop`.
 pub fn build_body_with_model(
     target: &Target,
     req: &ChatRequest,
     system: Option<&str>,
     model: &str,
+    drop: Features,
 ) -> Vec<u8> {
+    let (first, skip_client_system) = system_message(target.system_prompt_mode, system, req);
     let size = req
         .messages
         .iter()
@@ -86,22 +147,24 @@ pub fn build_body_with_model(
             .iter()
             .map(|(k, v)| k.len() + v.get().len() + 4)
             .sum::<usize>()
-        + system.map_or(0, |s| s.len() + 32)
+        + first.as_ref().map_or(0, |s| s.len() + 1)
         + 256;
     let mut out = Vec::with_capacity(size);
-    let mut first = true;
+    let mut first_key = true;
     out.push(b'{');
-    push_key(&mut out, &mut first, "model");
+    push_key(&mut out, &mut first_key, "model");
     out.extend_from_slice(serde_json::to_string(model).unwrap_or_default().as_bytes());
-    push_key(&mut out, &mut first, "messages");
+    push_key(&mut out, &mut first_key, "messages");
     out.push(b'[');
     let mut first_msg = true;
-    if let Some(text) = system {
-        let msg = serde_json::json!({"role": "system", "content": text});
-        out.extend_from_slice(msg.to_string().as_bytes());
+    if let Some(msg) = &first {
+        out.extend_from_slice(msg.as_bytes());
         first_msg = false;
     }
     for m in &req.messages {
+        if skip_client_system && client_system_text(m).is_some() {
+            continue;
+        }
         if !first_msg {
             out.push(b',');
         }
@@ -110,11 +173,14 @@ pub fn build_body_with_model(
     }
     out.push(b']');
     for (k, v) in &req.rest {
-        push_key(&mut out, &mut first, k);
+        if drop.owns_field(k) {
+            continue;
+        }
+        push_key(&mut out, &mut first_key, k);
         out.extend_from_slice(v.get().as_bytes());
     }
     if !req.metadata.is_empty() {
-        push_key(&mut out, &mut first, "metadata");
+        push_key(&mut out, &mut first_key, "metadata");
         out.extend_from_slice(
             serde_json::Value::Object(req.metadata.clone())
                 .to_string()
@@ -122,8 +188,8 @@ pub fn build_body_with_model(
         );
     }
     for (k, v) in &target.params {
-        if k != "model" && !req.has_field(k) {
-            push_key(&mut out, &mut first, k);
+        if k != "model" && !req.has_field(k) && !drop.owns_field(k) {
+            push_key(&mut out, &mut first_key, k);
             out.extend_from_slice(v.to_string().as_bytes());
         }
     }
@@ -135,8 +201,9 @@ pub fn build_call(
     target: &Target,
     req: &ChatRequest,
     system: Option<&str>,
+    drop: Features,
 ) -> Result<UpstreamCall, GatewayError> {
-    let body = build_body(target, req, system)?;
+    let body = build_body(target, req, system, drop)?;
     Ok(UpstreamCall {
         path: format!("{}/chat/completions", target.provider.url.base_path),
         body: Bytes::from(body),
@@ -174,7 +241,7 @@ scenarios:
             &RequestHints::default(),
         )
         .unwrap();
-        let body = build_body(target, &req, Some("be kind")).unwrap();
+        let body = build_body(target, &req, Some("be kind"), Features::NONE).unwrap();
         let text = String::from_utf8(body).unwrap();
         assert!(
             text.contains(r#"{"role":"user","content":"a\u00e9"}"#),
@@ -188,5 +255,58 @@ scenarios:
         assert_eq!(v["max_tokens"], 99);
         assert_eq!(v["user"], "u1");
         assert_eq!(v["metadata"], serde_json::json!({"trace": "t"}));
+    }
+
+    #[test]
+    fn system_prompt_modes_and_dropped_fields() {
+        let yaml = |mode: &str| {
+            format!(
+                r#"
+providers:
+  p: {{ type: openai, base_url: "http://127.0.0.1:1/v1", api_key: k }}
+scenarios:
+  s:
+    targets:
+      - {{ provider: p, model: m, system_prompt: "Gateway.", system_prompt_mode: {mode}, params: {{ n: 3 }} }}
+"#
+            )
+        };
+        let req = ChatRequest::parse(
+            br#"{"messages":[{"role":"system","content":"Client."},{"role":"developer","content":[{"type":"text","text":"Dev."}]},{"role":"user","content":"q"}],
+                "tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"auto","temperature":1}"#,
+            &RequestHints::default(),
+        )
+        .unwrap();
+        let body = |mode: &str, drop: Features| -> Value {
+            let cfg = Config::from_str_at(&yaml(mode), Path::new("t.yaml")).unwrap();
+            let target = &cfg.scenarios[0].targets[0];
+            serde_json::from_slice(&build_body(target, &req, Some("Gateway."), drop).unwrap())
+                .unwrap()
+        };
+        let roles = |v: &Value| -> Vec<String> {
+            v["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["role"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let prepend = body("prepend", Features::NONE);
+        assert_eq!(roles(&prepend), ["system", "system", "developer", "user"]);
+        assert_eq!(prepend["n"], 3);
+        let replace = body("replace", Features::NONE);
+        assert_eq!(roles(&replace), ["system", "user"]);
+        assert_eq!(replace["messages"][0]["content"], "Gateway.");
+        let merge = body("merge", Features::NONE);
+        assert_eq!(roles(&merge), ["system", "user"]);
+        assert_eq!(merge["messages"][0]["content"], "Gateway.\n\nClient.\n\nDev.");
+
+        let mut drop = Features::NONE;
+        drop.insert(crate::protocol::Feature::Tools);
+        drop.insert(crate::protocol::Feature::N);
+        let dropped = body("prepend", drop);
+        assert!(dropped.get("tools").is_none() && dropped.get("tool_choice").is_none());
+        assert!(dropped.get("n").is_none(), "a target param of a dropped feature is not sent");
+        assert_eq!(dropped["temperature"], 1);
     }
 }
