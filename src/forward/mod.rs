@@ -208,7 +208,10 @@ pub fn check_features(
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let first = unserved.iter().next().unwrap_or(crate::protocol::Feature::Stream);
+    let first = unserved
+        .iter()
+        .next()
+        .unwrap_or(crate::protocol::Feature::Stream);
     Err(GatewayError::Mapped {
         status: 400,
         message: format!(

@@ -131,7 +131,9 @@ fn check_messages(messages: &[Box<RawValue>], features: &mut Features) -> Result
 fn field_feature(key: &str, raw: &RawValue) -> Option<Feature> {
     let text = raw.get();
     match key {
-        "tools" | "functions" => (text.starts_with('[') && !is_empty_array(text)).then_some(Feature::Tools),
+        "tools" | "functions" => {
+            (text.starts_with('[') && !is_empty_array(text)).then_some(Feature::Tools)
+        }
         "response_format" => {
             #[derive(Deserialize)]
             struct Format<'a> {
@@ -142,7 +144,9 @@ fn field_feature(key: &str, raw: &RawValue) -> Option<Feature> {
             matches!(f.kind.as_deref(), Some("json_object" | "json_schema"))
                 .then_some(Feature::ResponseFormat)
         }
-        "n" => serde_json::from_str::<f64>(text).is_ok_and(|n| n > 1.0).then_some(Feature::N),
+        "n" => serde_json::from_str::<f64>(text)
+            .is_ok_and(|n| n > 1.0)
+            .then_some(Feature::N),
         "logprobs" => (text == "true").then_some(Feature::Logprobs),
         "top_logprobs" => (text != "null").then_some(Feature::Logprobs),
         "audio" => (text != "null").then_some(Feature::Audio),
@@ -385,7 +389,9 @@ mod tests {
             ""
         );
         assert_eq!(
-            f(r#"{"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"image_url","image_url":{"url":"http://x/y.png"}}]}]}"#),
+            f(
+                r#"{"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"image_url","image_url":{"url":"http://x/y.png"}}]}]}"#
+            ),
             "images"
         );
         let history = r#"{"messages":[{"role":"user","content":"a"},{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"c","content":"r"}"#;

@@ -263,7 +263,9 @@ fn accept_unsupported(cx: &mut Ctx, tkey: &str, t: &RawTarget) -> Features {
             ),
             None => cx.error(
                 key,
-                format!("unknown feature {name:?} (droppable: tools, response_format, n, logprobs)"),
+                format!(
+                    "unknown feature {name:?} (droppable: tools, response_format, n, logprobs)"
+                ),
             ),
         }
     }
@@ -406,5 +408,31 @@ mod tests {
         ] {
             assert_ne!(plain, print(knobs), "{knobs}");
         }
+    }
+
+    #[test]
+    fn accept_unsupported_lists_only_droppable_features() {
+        let yaml = |list: &str| {
+            format!(
+                "providers:\n  m: {{ type: mock }}\nscenarios:\n  s: {{ targets: [{{ provider: m, accept_unsupported: [{list}] }}] }}\n"
+            )
+        };
+        let ok = load(&yaml("tools, n")).unwrap();
+        assert_eq!(
+            ok.scenarios[0].targets[0].accept_unsupported.to_string(),
+            "tools,n"
+        );
+        let plain = load(&yaml("")).unwrap();
+        assert_ne!(
+            ok.scenarios[0].fingerprint, plain.scenarios[0].fingerprint,
+            "dropping changes answers: not the same cache entries"
+        );
+        let e = super::super::tests::errors(&yaml("images, toolz"));
+        assert!(e.contains(r#""images" cannot be dropped"#), "{e}");
+        assert!(e.contains(r#"unknown feature "toolz""#), "{e}");
+        let e = super::super::tests::errors(
+            &yaml("tools").replace("accept_unsupported: [tools]", "system_prompt_mode: prefix"),
+        );
+        assert!(e.contains("system_prompt_mode"), "{e}");
     }
 }

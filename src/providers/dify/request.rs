@@ -114,7 +114,6 @@ pub async fn build_call(
     })
 }
 
-
 /// Renders the provider's and the target's `inputs` templates (the target's win).
 pub fn inputs(
     config: &Config,

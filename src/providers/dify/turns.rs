@@ -161,7 +161,8 @@ pub fn turns(
                     Some(id) => format!("[result of tool {name}, call {id}]"),
                     None => format!("[result of tool {name}]"),
                 };
-                t.history.push(("tool".to_owned(), format!("{head} {result}")));
+                t.history
+                    .push(("tool".to_owned(), format!("{head} {result}")));
             }
             _ => {}
         }
@@ -177,9 +178,16 @@ fn tool_calls<'m>(
     names: &mut HashMap<&'m str, &'m str>,
     history: &mut Vec<(String, String)>,
 ) {
-    let calls = m["tool_calls"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let calls = m["tool_calls"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     let legacy = m.get("function_call").filter(|f| f.is_object());
-    for f in calls.iter().map(|c| (&c["function"], c["id"].as_str())).chain(legacy.map(|f| (f, None))) {
+    for f in calls
+        .iter()
+        .map(|c| (&c["function"], c["id"].as_str()))
+        .chain(legacy.map(|f| (f, None)))
+    {
         let (function, id) = f;
         let name = function["name"].as_str().unwrap_or("unknown");
         let arguments = match &function["arguments"] {
@@ -332,7 +340,9 @@ mod tests {
         let merged = turns(&r, Some("Prompt."), SystemPromptMode::Merge).unwrap();
         assert_eq!(merged.system, "Prompt.\n\nBe brief.");
         let own = turns(&r, None, SystemPromptMode::Replace).unwrap();
-        assert_eq!(own.system, "Be brief.", "no target prompt: nothing replaces the client's");
+        assert_eq!(
+            own.system, "Be brief.",
+            "no target prompt: nothing replaces the client's"
+        );
     }
-
 }

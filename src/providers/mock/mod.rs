@@ -55,7 +55,8 @@ impl Provider for Mock<'_> {
             .as_deref()
             .or(req.model.as_deref())
             .unwrap_or("mock");
-        let body = super::openai::build_body_with_model(target, req, system.as_deref(), model, cx.drop);
+        let body =
+            super::openai::build_body_with_model(target, req, system.as_deref(), model, cx.drop);
         Ok(UpstreamCall {
             path: String::new(),
             body: Bytes::from(body),

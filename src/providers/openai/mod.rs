@@ -299,14 +299,20 @@ scenarios:
         assert_eq!(replace["messages"][0]["content"], "Gateway.");
         let merge = body("merge", Features::NONE);
         assert_eq!(roles(&merge), ["system", "user"]);
-        assert_eq!(merge["messages"][0]["content"], "Gateway.\n\nClient.\n\nDev.");
+        assert_eq!(
+            merge["messages"][0]["content"],
+            "Gateway.\n\nClient.\n\nDev."
+        );
 
         let mut drop = Features::NONE;
         drop.insert(crate::protocol::Feature::Tools);
         drop.insert(crate::protocol::Feature::N);
         let dropped = body("prepend", drop);
         assert!(dropped.get("tools").is_none() && dropped.get("tool_choice").is_none());
-        assert!(dropped.get("n").is_none(), "a target param of a dropped feature is not sent");
+        assert!(
+            dropped.get("n").is_none(),
+            "a target param of a dropped feature is not sent"
+        );
         assert_eq!(dropped["temperature"], 1);
     }
 }
