@@ -44,6 +44,7 @@ scenarios:
     targets: [{{ provider: builtin }}]
   demo_dropping:
     targets: [{{ provider: builtin, accept_unsupported: [tools] }}]
+    cache: {{ ttl: 60s }}
 "#,
         d = dify.url(),
         k = key(Mode::Chat),
@@ -191,6 +192,13 @@ async fn accept_unsupported_serves_without_the_fields_and_says_which() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.header("x-gateway-dropped"), Some("tools"));
     assert_eq!(r.json()["choices"][0]["message"]["content"], "demo answer");
+    // Not cached: a hit could not say what was dropped to produce it.
+    let again = chat(&gw)
+        .body(json!({"model": "demo_dropping", "messages": user("hi"), "tools": weather_tool()}))
+        .send()
+        .await;
+    assert_eq!(again.header("x-gateway-cache"), Some("miss"));
+    assert_eq!(again.header("x-gateway-dropped"), Some("tools"));
     let r = chat(&gw)
         .body(json!({"model": "demo", "messages": user("hi"), "tools": weather_tool()}))
         .send()

@@ -516,3 +516,42 @@ async fn sigint_during_a_drain_stops_at_once() {
         "the cut request cannot have an answer"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_access_log_records_what_a_target_dropped() {
+    let mut p = spawn(
+        r#"admin:
+  api_key: admin-key
+providers:
+  builtin: { type: mock, reply: ok }
+scenarios:
+  s:
+    targets: [{ provider: builtin, accept_unsupported: [tools, logprobs] }]
+"#,
+        &[],
+    );
+    let url = format!("{}/v1/chat/completions", p.api);
+    for extra in [
+        json!({"tools": [{"type": "function", "function": {"name": "f"}}], "logprobs": true}),
+        json!({}),
+    ] {
+        let mut body = json!({"model": "s", "messages": [{"role": "user", "content": "hi"}]});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let r = client().post(&url).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    p.signal("TERM");
+    let status = tokio::task::block_in_place(|| p.wait(Duration::from_secs(10)));
+    assert_eq!(status.map(|s| s.code()), Some(Some(0)));
+    let lines: Vec<Value> = p
+        .stdout_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &Value| v["kind"] == "access")
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", p.stdout_text());
+    assert_eq!(lines[0]["dropped"], "tools,logprobs");
+    assert_eq!(lines[1]["dropped"], Value::Null);
+}

@@ -121,6 +121,10 @@ pub async fn serve(
         let provider = providers::of(&c.target.provider);
         cx.drop = drop;
         ctx.dropped = drop;
+        if !drop.is_empty() {
+            // A cache hit could not say what was dropped to produce the answer: not stored.
+            ctx.capture = None;
+        }
         let call = provider.build(&cx, c.target, job.req).await?;
         if let Some(c) = &mut ctx.capture {
             c.reset();
