@@ -454,6 +454,45 @@ async fn client_disconnect_releases_the_upstream<F: Fixture>(fx: F) {
     }
 }
 
+/// Contract 9: a request with tools is served by a provider that serves tools; one that does
+/// not is skipped (the next target answers, it is not contacted) or, alone, refuses with 400
+/// `unsupported_parameter` — never a 200 that ignored the tools.
+async fn unsupported_features_are_never_ignored<F: Fixture>(fx: F) {
+    let s = setup(fx, Fault::None, "").await;
+    let name = s.fx.name().to_owned();
+    let tools = json!([{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]);
+    for stream in [false, true] {
+        let before = s.fx.calls();
+        let mut body = json!({"model": "pair", "stream": stream, "tools": tools,
+                              "messages": [{"role": "user", "content": PROMPT}]});
+        let a = chat(&s.gw).body(body.clone()).send().await;
+        assert_eq!(a.status, 200, "{name}: {}", a.text);
+        if s.fx.serves_tools() {
+            assert_eq!(served_by(&a), (Some(name.as_str()), Some("1")));
+            assert_calls(&s.fx, before, 1, "a request with tools");
+        } else {
+            assert_eq!(served_by(&a), (Some("backup"), Some("1")), "{name}");
+            assert_calls(&s.fx, before, 0, "a request with tools it cannot serve");
+            assert!(
+                s.backup.last().json()["tools"] == tools,
+                "the tools reached the backup"
+            );
+        }
+        body["model"] = json!("solo");
+        let a = chat(&s.gw).body(body).send().await;
+        if s.fx.serves_tools() {
+            assert_eq!(a.status, 200, "{name}: {}", a.text);
+        } else {
+            assert_eq!(a.status, 400, "{name}: {}", a.text);
+            let e = assert_openai_error(&a);
+            assert_eq!(
+                (e["code"].as_str(), e["param"].as_str()),
+                (Some("unsupported_parameter"), Some("tools"))
+            );
+        }
+    }
+}
+
 /// One `#[tokio::test]` per behaviour for the fixture built by `$start` (an async fn).
 macro_rules! contract_suite {
     ($provider:ident, $start:expr) => {
@@ -465,7 +504,8 @@ macro_rules! contract_suite {
             client_error_passes_through,
             first_token_timeout,
             cut_mid_stream_ends_with_error_and_done,
-            client_disconnect_releases_the_upstream);
+            client_disconnect_releases_the_upstream,
+            unsupported_features_are_never_ignored);
     };
     (@each $provider:ident, $start:expr; $($behaviour:ident),+) => {
         mod $provider {

@@ -50,6 +50,9 @@ pub trait Fixture: Send + Sync + 'static {
     fn abandoned(&self) -> Option<usize>;
     /// Calls to the upstream's stop endpoint (Dify stops a task the client left).
     fn stops(&self) -> Option<usize>;
+    /// Whether the provider serves `tools` (docs/compatibility.md): if not, routing must skip
+    /// it for a request with tools, never answer it as if they were not there.
+    fn serves_tools(&self) -> bool;
 }
 
 /// An OpenAI-compatible upstream: the in-process `MockOpenAi`.
@@ -104,6 +107,9 @@ impl OpenAiFixture {
 impl Fixture for OpenAiFixture {
     fn name(&self) -> &str {
         "openai"
+    }
+    fn serves_tools(&self) -> bool {
+        true
     }
     fn provider_yaml(&self, fault: &Fault) -> String {
         let knobs = Self::knobs(fault);
@@ -175,6 +181,9 @@ impl Fixture for DifyFixture {
     fn name(&self) -> &str {
         "dify"
     }
+    fn serves_tools(&self) -> bool {
+        false
+    }
     fn provider_yaml(&self, fault: &Fault) -> String {
         let knobs = Self::knobs(fault);
         self.mock.set(|k| *k = knobs);
@@ -221,6 +230,9 @@ impl BuiltinMockFixture {
 impl Fixture for BuiltinMockFixture {
     fn name(&self) -> &str {
         "builtin"
+    }
+    fn serves_tools(&self) -> bool {
+        false
     }
     fn provider_yaml(&self, fault: &Fault) -> String {
         let base = format!(r#"type: mock, reply: "{BUILTIN_REPLY}""#);
