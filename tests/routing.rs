@@ -484,3 +484,223 @@ async fn full_providers_are_skipped_and_unhealthy_cheap_targets_avoided() {
     assert_eq!(r.status, 503, "open breaker: answered without a connect");
     assert_eq!(z.count(), 1);
 }
+
+/// Provider `a` on `mock` and scenario `s` with one target without `model:`: the client's model
+/// is what goes upstream.
+fn model_less(mock: &MockOpenAi, provider_extra: &str) -> String {
+    format!(
+        "admin:\n  api_key: admin-key\nproviders:\n  a: {{ type: openai, base_url: \"{}\", api_key: key-a, timeouts: {{ connect: 500ms, first_token: 1s, idle: 1s }}{provider_extra} }}\nscenarios:\n  s:\n    targets:\n      - {{ provider: a }}\n",
+        mock.url()
+    )
+}
+
+async fn ask_for(gw: &TestGateway, model: &str) -> Answer {
+    chat(gw)
+        .header("x-gateway-scenario", "s")
+        .body(json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+}
+
+async fn providers(gw: &TestGateway) -> Vec<Value> {
+    let v = get_json(format!("{}/admin/providers", gw.admin), "admin-key").await;
+    v["targets"].as_array().cloned().unwrap_or_default()
+}
+
+fn entry<'a>(list: &'a [Value], target: &str) -> Option<&'a Value> {
+    list.iter().find(|t| t["target"] == target)
+}
+
+/// A mock that answers `status` (with `retry_after`) to requests for `gpt-a` only.
+async fn failing_gpt_a(status: u16, retry_after: Option<u64>) -> MockOpenAi {
+    let fail_models = vec!["gpt-a".into()];
+    MockOpenAi::start_with(Knobs {
+        status,
+        retry_after,
+        fail_models,
+        ..Default::default()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_429_for_one_model_does_not_rest_the_other_models_of_a_model_less_target() {
+    let mock = failing_gpt_a(429, Some(30)).await;
+    let gw = start_gateway(&model_less(&mock, ""));
+
+    let r = ask_for(&gw, "gpt-a").await;
+    well_formed(&r);
+    assert_eq!(r.status, 429, "{}", r.text);
+    assert_eq!(mock.count(), 1);
+    assert_eq!(mock.last().json()["model"], "gpt-a");
+
+    let r = ask_for(&gw, "gpt-b").await;
+    well_formed(&r);
+    assert_eq!(r.status, 200, "another model is not resting: {}", r.text);
+    assert_eq!(mock.count(), 2, "gpt-b reached the upstream");
+    assert_eq!(mock.last().json()["model"], "gpt-b");
+
+    let r = ask_for(&gw, "gpt-a").await;
+    well_formed(&r);
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"]["code"], "rate_limited");
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=30).contains(&retry), "Retry-After {retry}");
+    assert_eq!(mock.count(), 2, "gpt-a rests: answered without a call");
+
+    let list = providers(&gw).await;
+    let a = entry(&list, "a/gpt-a").expect("gpt-a listed");
+    assert_eq!(a["model"], "gpt-a");
+    assert!(a["resting_seconds"].as_f64().is_some(), "{a}");
+    let b = entry(&list, "a/gpt-b").expect("gpt-b listed");
+    assert!(b["resting_seconds"].is_null(), "{b}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_model_opens_its_own_breaker_while_other_models_go_through() {
+    let mock = failing_gpt_a(503, None).await;
+    let policy = ", retry: { attempts: 1 }, breaker: { failure_threshold: 2, open_for: 60s }";
+    let gw = start_gateway(&model_less(&mock, policy));
+    for _ in 0..2 {
+        let r = ask_for(&gw, "gpt-a").await;
+        well_formed(&r);
+        assert_eq!(r.status, 502, "{}", r.text);
+    }
+    assert_eq!(mock.count(), 2);
+    let r = ask_for(&gw, "gpt-a").await;
+    well_formed(&r);
+    assert_eq!(r.status, 503, "open breaker: {}", r.text);
+    assert_eq!(r.json()["error"]["code"], "upstream_unavailable");
+    assert_eq!(mock.count(), 2, "no contact while gpt-a's breaker is open");
+
+    let r = ask_for(&gw, "gpt-b").await;
+    well_formed(&r);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(mock.count(), 3);
+    assert_eq!(mock.last().json()["model"], "gpt-b");
+    let ready = http().get(format!("{}/ready", gw.admin)).send().await;
+    assert_eq!(
+        ready.unwrap().status(),
+        200,
+        "the target serves other models"
+    );
+
+    let list = providers(&gw).await;
+    let a = entry(&list, "a/gpt-a").expect("gpt-a listed");
+    assert_eq!(
+        (a["provider"].as_str(), a["model"].as_str()),
+        (Some("a"), Some("gpt-a"))
+    );
+    assert_eq!(a["breaker"], "open", "{a}");
+    assert!(a["last_error"].as_str().unwrap().contains("503"), "{a}");
+    let b = entry(&list, "a/gpt-b").expect("gpt-b listed");
+    assert_eq!(b["model"], "gpt-b");
+    assert_eq!(b["breaker"], "closed", "{b}");
+    assert_eq!(b["samples"], 1, "{b}");
+    let shared = entry(&list, "a/-").expect("the target's own state stays listed");
+    assert_eq!(shared["breaker"], "closed", "{shared}");
+    assert_eq!(shared["samples"], 0, "{shared}");
+    let m = gw.metrics();
+    for (model, code) in [("gpt-a", 2), ("gpt-b", 0)] {
+        let series = format!(r#"ai_gateway_circuit_state{{provider="a",target="{model}"}} {code}"#);
+        assert!(m.contains(&series), "{m}");
+    }
+}
+
+async fn reload(gw: &TestGateway, edit: impl FnOnce(String) -> String) {
+    let path = gw.dir.path().join("gateway.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, edit(text)).unwrap();
+    let r = http()
+        .post(format!("{}/admin/reload", gw.admin))
+        .bearer_auth("admin-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn per_model_states_live_and_go_with_their_target_across_reloads() {
+    let mock = failing_gpt_a(503, None).await;
+    let policy = ", retry: { attempts: 1 }, breaker: { failure_threshold: 1, open_for: 60s }";
+    let gw = start_gateway(&model_less(&mock, policy));
+    assert_eq!(ask_for(&gw, "gpt-a").await.status, 502);
+    assert_eq!(ask_for(&gw, "gpt-b").await.status, 200);
+
+    // Another scenario appears: the target is unchanged, so are its models' states.
+    reload(&gw, |t| {
+        format!("{t}  other:\n    targets:\n      - {{ provider: a, model: fixed }}\n")
+    })
+    .await;
+    let list = providers(&gw).await;
+    assert_eq!(entry(&list, "a/gpt-a").unwrap()["breaker"], "open");
+    assert_eq!(entry(&list, "a/gpt-b").unwrap()["samples"], 1);
+    assert_eq!(ask_for(&gw, "gpt-a").await.status, 503);
+    assert_eq!(mock.count(), 2, "the open breaker survived the reload");
+    // The model `other` configures, asked for through the model-less target: one upstream
+    // model, one state.
+    assert_eq!(ask_for(&gw, "fixed").await.status, 200);
+    let list = providers(&gw).await;
+    let fixed: Vec<&Value> = list.iter().filter(|t| t["model"] == "fixed").collect();
+    assert_eq!(fixed.len(), 1, "{list:?}");
+    assert_eq!(fixed[0]["target"], "a/fixed");
+    assert_eq!(fixed[0]["samples"], 1);
+
+    // The provider moves to another upstream: the target's model states go with it.
+    let healthy = MockOpenAi::start().await;
+    reload(&gw, |t| t.replace(&mock.url(), &healthy.url())).await;
+    let list = providers(&gw).await;
+    assert!(entry(&list, "a/-").is_some());
+    assert!(entry(&list, "a/gpt-a").is_none(), "{list:?}");
+    assert!(entry(&list, "a/gpt-b").is_none(), "{list:?}");
+    let m = gw.metrics();
+    assert!(
+        !m.contains(r#"target="gpt-a""#) && !m.contains(r#"target="gpt-b""#),
+        "the dropped states' series are gone\n{m}"
+    );
+    assert_eq!(ask_for(&gw, "gpt-a").await.status, 200);
+    assert_eq!(healthy.count(), 1);
+    let list = providers(&gw).await;
+    assert_eq!(entry(&list, "a/gpt-a").unwrap()["breaker"], "closed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn model_names_beyond_64_share_the_target_state() {
+    let mock = MockOpenAi::start().await;
+    let gw = start_gateway(&model_less(&mock, ""));
+    let names: Vec<String> = (0..65).map(|i| format!("m-{i:02}")).collect();
+    for name in &names {
+        let r = ask_for(&gw, name).await;
+        assert_eq!(r.status, 200, "{name}: {}", r.text);
+        assert_eq!(mock.last().json()["model"], name.as_str());
+    }
+    assert_eq!(ask_for(&gw, "m-64").await.status, 200);
+    assert_eq!(ask_for(&gw, "m-00").await.status, 200);
+
+    let list = providers(&gw).await;
+    let own: Vec<&Value> = list
+        .iter()
+        .filter(|t| t["provider"] == "a" && t["target"] != "a/-")
+        .collect();
+    assert_eq!(own.len(), 64, "at most 64 model names per target");
+    for name in &names[..64] {
+        let e = entry(&list, &format!("a/{name}")).expect("listed");
+        assert_eq!(e["model"], name.as_str());
+        let n = if name == "m-00" { 2 } else { 1 };
+        assert_eq!(e["samples"], n, "{e}");
+    }
+    assert!(
+        entry(&list, "a/m-64").is_none(),
+        "the 65th name has no state of its own"
+    );
+    let shared = entry(&list, "a/-").expect("the overflow slot");
+    assert_eq!(shared["model"], "a");
+    assert_eq!(shared["samples"], 2, "both m-64 requests: {shared}");
+    let series = gw
+        .metrics()
+        .lines()
+        .filter(|l| l.starts_with(r#"ai_gateway_circuit_state{provider="a","#))
+        .count();
+    assert_eq!(series, 65, "one breaker series per state");
+}

@@ -53,7 +53,7 @@ pub async fn serve(
     let router = &shared.router;
     let scenario = job.scenario;
     router.budget.record_request(Instant::now());
-    let plan = router.plan(scenario)?;
+    let plan = router.plan(scenario, job.req.model.as_deref())?;
     let n = plan.candidates.len();
     let cap = plan.candidates[0].target.retry.attempts.max(1) as usize;
     let mut skips: Vec<Skip> = Vec::new();

@@ -2,12 +2,15 @@
 //! each target (breaker, 429 rest, latency, in-flight, recent outcomes).
 //!
 //! State lives in [`Router`], keyed by target (provider + upstream model), so scenarios sharing a
-//! target share its breaker. A [`Plan`] orders a scenario's targets by its strategy; admission
-//! (breaker permit, 429 rest, provider concurrency) happens per attempt through
-//! [`Router::admit`], so a probe slot is never taken for a target that is not tried.
+//! target share its breaker. An openai target without a configured model forwards the client's
+//! model, so its state is kept per model name (`per_model.rs`). A [`Plan`] orders a scenario's
+//! targets by its strategy; admission (breaker permit, 429 rest, provider concurrency) happens
+//! per attempt through [`Router::admit`], so a probe slot is never taken for a target that is
+//! not tried.
 
 pub mod breaker;
 pub mod budget;
+mod per_model;
 
 use crate::config::{Provider, Scenario, Strategy, Target};
 use crate::error::GatewayError;
@@ -47,6 +50,10 @@ pub struct TargetState {
     published: AtomicI64,
     /// Its provider has no API key: routing skips it (shown by `/admin/providers`).
     no_key: AtomicBool,
+    /// For a target that forwards the client's model: each model name's own state (also listed
+    /// under its own key in [`Router`]'s map), at most [`per_model::MAX_MODELS`]; names beyond
+    /// share this state. Empty (and never allocated) for every other state.
+    models: Mutex<HashMap<String, Arc<TargetState>>>,
 }
 
 impl TargetState {
@@ -81,6 +88,14 @@ impl TargetState {
 
     fn ewma(&self) -> f64 {
         self.observed.lock().ewma_ttft.unwrap_or(0.0)
+    }
+}
+
+/// A reload may change the breaker settings of a surviving state.
+fn refresh(s: &TargetState, t: &Target) {
+    let mut b = s.breaker.lock();
+    if b.settings != t.provider.breaker {
+        b.settings = t.provider.breaker;
     }
 }
 
@@ -208,37 +223,51 @@ impl Router {
     }
 
     fn state(&self, t: &Target) -> Arc<TargetState> {
-        let key = target_key(t);
         let mut map = self.targets.lock();
+        self.state_in(&mut map, t)
+    }
+
+    /// The target's own state in `map` (the caller holds the lock), created when missing or
+    /// when its provider now points elsewhere.
+    fn state_in(
+        &self,
+        map: &mut HashMap<String, Arc<TargetState>>,
+        t: &Target,
+    ) -> Arc<TargetState> {
+        let key = target_key(t);
         if let Some(s) = map.get(&key).filter(|s| s.endpoint == endpoint(t)) {
-            // A reload may change the breaker settings of a surviving target.
-            let mut b = s.breaker.lock();
-            if b.settings != t.provider.breaker {
-                b.settings = t.provider.breaker;
-            }
+            refresh(s, t);
             return s.clone();
         }
         let label = t.model.clone().unwrap_or_else(|| t.provider.name.clone());
+        let s = self.new_state(t, label, endpoint(t));
+        map.insert(key, s.clone());
+        s
+    }
+
+    /// A fresh state, exported as closed.
+    fn new_state(&self, t: &Target, label: String, endpoint: String) -> Arc<TargetState> {
         let s = Arc::new(TargetState {
             provider: t.provider.name.clone(),
             label,
-            endpoint: endpoint(t),
+            endpoint,
             breaker: Mutex::new(Breaker::new(t.provider.breaker)),
             rest_until: Mutex::new(None),
             inflight: AtomicU32::new(0),
             observed: Mutex::new(Observed::default()),
             published: AtomicI64::new(-1),
             no_key: AtomicBool::new(t.provider.missing_key()),
+            models: Mutex::new(HashMap::new()),
         });
         s.publish(&self.metrics, 0);
-        map.insert(key, s.clone());
         s
     }
 
     /// At start and after a reload: knows every target of `config` (so `/admin/providers` and
     /// the per-target series list them before any traffic), and forgets targets the config no
     /// longer has, or whose provider now points elsewhere (their breaker and latency history
-    /// described another endpoint). State of unchanged targets is kept as is.
+    /// described another endpoint). State of unchanged targets is kept as is, with the
+    /// per-model states of a target that forwards the client's model; those go with it.
     pub fn sync(&self, config: &crate::config::Config) {
         let live: HashMap<String, String> = config
             .scenarios
@@ -248,8 +277,9 @@ impl Router {
             .collect();
         {
             let mut map = self.targets.lock();
+            let models = per_model::of_live_targets(&map, &live);
             map.retain(|key, s| {
-                let keep = live.get(key) == Some(&s.endpoint);
+                let keep = live.get(key) == Some(&s.endpoint) || models.contains(&Arc::as_ptr(s));
                 if !keep {
                     let _ = self
                         .metrics
@@ -260,9 +290,12 @@ impl Router {
             });
         }
         for t in config.scenarios.values().flat_map(|s| s.targets.iter()) {
-            self.state(t)
-                .no_key
-                .store(t.provider.missing_key(), Ordering::Relaxed);
+            let s = self.state(t);
+            let no_key = t.provider.missing_key();
+            s.no_key.store(no_key, Ordering::Relaxed);
+            for m in s.models.lock().values() {
+                m.no_key.store(no_key, Ordering::Relaxed);
+            }
         }
         for p in config.providers.values() {
             // Creates the provider's gauge at zero; an existing one keeps its value.
@@ -279,8 +312,13 @@ impl Router {
     }
 
     /// The scenario's usable targets (with an API key) ordered by its strategy, or 502 naming
-    /// why none can serve.
-    pub fn plan<'a>(&self, scenario: &'a Scenario) -> Result<Plan<'a>, GatewayError> {
+    /// why none can serve. `model` is the client's: a target without a configured model sends
+    /// it upstream, so that model's own state (breaker, rest, latency) is the one consulted.
+    pub fn plan<'a>(
+        &self,
+        scenario: &'a Scenario,
+        model: Option<&str>,
+    ) -> Result<Plan<'a>, GatewayError> {
         let mut missing = Vec::new();
         let mut candidates: Vec<Candidate<'a>> = Vec::with_capacity(scenario.targets.len());
         for t in &scenario.targets {
@@ -290,7 +328,7 @@ impl Router {
             }
             candidates.push(Candidate {
                 target: t,
-                state: self.state(t),
+                state: self.state_for(t, model),
                 slots: self.slots(&t.provider),
             });
         }
