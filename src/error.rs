@@ -77,6 +77,13 @@ impl GatewayError {
         }
     }
 
+    /// 404 `model_not_found` for a model id that is neither a scenario name nor an alias.
+    pub fn unknown_model(id: &str) -> Self {
+        GatewayError::ModelNotFound(format!(
+            "the model {id:?} does not exist: no scenario or alias has that name"
+        ))
+    }
+
     /// Replaces every occurrence of the given secrets in the error's text with `***`: an
     /// upstream may echo a key the heuristics of [`sanitize`] do not recognise.
     pub fn scrub(&mut self, secrets: &[&str]) {

@@ -1,6 +1,8 @@
 //! OpenAI-shaped answers, relayed byte for byte: a stream chunk by chunk as it arrives (headers
 //! held until the first content event), or one JSON answer. Each is observed once on the way
-//! (`protocol::watch`) for usage, the delivered text and the cache.
+//! (`protocol::watch`) for usage, the delivered text and the cache. A stream always ends with
+//! `data: [DONE]`: the upstream's, or the gateway's after an error event, or the gateway's for
+//! an upstream that finished its answer and ended its body without one.
 
 use super::failure::{fail, Failure, Outcome};
 use super::relay::Attempt;
@@ -248,12 +250,8 @@ pub async fn stream(
                 return Ok(());
             }
             Step::Draining => break Some(GatewayError::ShuttingDown),
-            Step::Eof if watch.done => break None,
-            Step::Eof => {
-                break Some(GatewayError::StreamIncomplete(format!(
-                    "provider {name} ended the stream without [DONE]"
-                )))
-            }
+            // Whether that was the whole answer is for the watch to say, below.
+            Step::Eof => break None,
             Step::Failed(e) => {
                 break Some(GatewayError::StreamIncomplete(format!(
                     "provider {name} stream failed: {}",
@@ -272,14 +270,21 @@ pub async fn stream(
             }
         }
     };
-    let mut tail = BytesMut::new();
+    let eof = failure.is_none();
+    // Whatever the gateway appends must be an event of its own, not the end of the upstream's.
+    let mut tail = BytesMut::from(watch.end(eof, ctx.delivered.as_mut()));
+    take_tokens(ctx, watch.tokens);
+    let failure = failure.or_else(|| {
+        (!watch.complete()).then(|| {
+            GatewayError::StreamIncomplete(format!(
+                "provider {name} ended the stream without [DONE] before its answer was complete"
+            ))
+        })
+    });
     if let Some(err) = &failure {
         a.record(Outcome::StreamError);
         ctx.error = Some(err.code().to_owned());
         tail.extend_from_slice(&err.sse_event());
-        if !watch.done {
-            tail.extend_from_slice(SSE_DONE);
-        }
         up.shutdown().await;
     } else {
         a.release(up).await;
@@ -290,6 +295,9 @@ pub async fn stream(
             }
             c.commit(&a.shared.cache).await;
         }
+    }
+    if !watch.done {
+        tail.extend_from_slice(SSE_DONE);
     }
     let tail = (!tail.is_empty()).then(|| tail.freeze());
     if session

@@ -1,7 +1,8 @@
 //! Observation of OpenAI-shaped answers that are relayed as they are: whether a stream is
-//! established (first content or terminal event), whether it ended with `[DONE]`, the usage it
-//! reported, the text delivered, and the answer rebuilt for the cache. Each event is parsed
-//! once, into borrowed views; the relayed bytes are never touched.
+//! established (first content or terminal event), whether it is complete (`[DONE]`, or every
+//! choice's finish reason and then a clean end of body), the usage it reported, the text
+//! delivered, and the answer rebuilt for the cache. Each event is parsed once, into borrowed
+//! views; the relayed bytes are never touched.
 
 use super::answer::Answer;
 use super::chunks::Usage;
@@ -125,6 +126,34 @@ impl Tokens {
     }
 }
 
+/// The choices of a stream, by index: which appeared and which have their finish reason.
+/// OpenAI allows `n` up to 128; a higher index is not tracked, and such a stream is complete
+/// only with `[DONE]`.
+#[derive(Default)]
+struct Choices {
+    seen: u128,
+    finished: u128,
+    untracked: bool,
+}
+
+impl Choices {
+    fn note(&mut self, index: u64, finished: bool) {
+        if index >= u128::BITS.into() {
+            self.untracked = true;
+            return;
+        }
+        let bit = 1u128 << index;
+        self.seen |= bit;
+        if finished {
+            self.finished |= bit;
+        }
+    }
+
+    fn all_finished(&self) -> bool {
+        !self.untracked && self.seen != 0 && self.seen & !self.finished == 0
+    }
+}
+
 /// Watches a relayed OpenAI stream without altering it.
 #[derive(Default)]
 pub struct StreamWatch {
@@ -138,6 +167,9 @@ pub struct StreamWatch {
     pub established: bool,
     /// A finish reason arrived.
     pub finished: bool,
+    choices: Choices,
+    /// The upstream ended its body between lines (see [`StreamWatch::end`]).
+    clean_end: bool,
     /// An in-stream error that arrived before any content.
     pub early_error: Option<String>,
     pub tokens: Tokens,
@@ -158,7 +190,7 @@ impl StreamWatch {
 
     /// Observes one piece of the relayed stream; text that reached the answer is appended to
     /// `delivered` as well, when given.
-    pub fn feed(&mut self, chunk: &[u8], mut delivered: Option<&mut String>) {
+    pub fn feed(&mut self, chunk: &[u8], delivered: Option<&mut String>) {
         if self.broken {
             return;
         }
@@ -166,6 +198,11 @@ impl StreamWatch {
             self.broken = true;
             self.established = true;
         }
+        self.observe(delivered);
+    }
+
+    /// Observes the events the parser completed; returns how many there were.
+    fn observe(&mut self, mut delivered: Option<&mut String>) -> usize {
         let events = std::mem::take(&mut self.events);
         for ev in &events {
             if ev.is_done() {
@@ -188,8 +225,9 @@ impl StreamWatch {
             if let Some(u) = &v.usage {
                 self.tokens.take(u);
             }
-            if v.choices.iter().any(|c| c.finish_reason.is_some()) {
-                self.finished = true;
+            for c in &v.choices {
+                self.choices.note(c.index, c.finish_reason.is_some());
+                self.finished |= c.finish_reason.is_some();
             }
             if let Some(a) = &mut self.answer {
                 let before = a.content.len();
@@ -199,14 +237,49 @@ impl StreamWatch {
                 }
             }
         }
+        let n = events.len();
         self.events = events;
         self.events.clear();
+        n
     }
 
-    /// The rebuilt answer, if the stream ended properly and can be stored as one answer.
+    /// The relayed stream ends here: `eof` when the upstream ended its body, not when the
+    /// gateway cuts the stream off. Returns the bytes that close an event the last piece left
+    /// open (or cut mid-line); the relay sends them on, so the client sees the events the watch
+    /// saw, and whatever the gateway appends is an event of its own rather than part of the
+    /// upstream's last one.
+    pub fn end(&mut self, eof: bool, delivered: Option<&mut String>) -> &'static [u8] {
+        // Two line ends: the first may only complete a `\r\n` whose `\r` came last.
+        const CLOSE: &[u8] = b"\n\n";
+        if self.broken {
+            return b"";
+        }
+        let mid_line = self.parser.pending() > 0;
+        if self.parser.push(CLOSE, &mut self.events).is_err() {
+            self.broken = true;
+        }
+        let left_open = self.observe(delivered) > 0;
+        // A line cut off is not a clean end: whatever it held arrived truncated.
+        self.clean_end = eof && !mid_line;
+        if mid_line || left_open {
+            CLOSE
+        } else {
+            b""
+        }
+    }
+
+    /// Whether the stream is whole: `[DONE]` arrived, or the upstream ended its body cleanly
+    /// (see [`StreamWatch::end`]) after every choice it started had its finish reason. Some
+    /// OpenAI-compatible servers never send `[DONE]`; the gateway adds it for them.
+    pub fn complete(&self) -> bool {
+        self.done || (self.clean_end && !self.broken && self.choices.all_finished())
+    }
+
+    /// The rebuilt answer, if the stream is complete and can be stored as one answer.
     pub fn complete_answer(&mut self) -> Option<Answer> {
+        let complete = self.complete() && !self.broken && !self.uncacheable;
         let a = self.answer.take()?;
-        (self.done && !self.broken && !self.uncacheable && !a.finish_reason.is_empty()).then_some(a)
+        (complete && !a.finish_reason.is_empty()).then_some(a)
     }
 }
 
@@ -355,6 +428,97 @@ mod tests {
             w.complete_answer().is_none(),
             "a second choice is not cacheable"
         );
+    }
+
+    /// `STREAM` without its `[DONE]`.
+    fn without_done() -> &'static str {
+        STREAM
+            .strip_suffix("data: [DONE]\n\n")
+            .expect("STREAM ends with [DONE]")
+    }
+
+    #[test]
+    fn a_finished_stream_that_ends_cleanly_without_done_is_complete() {
+        let body = without_done();
+        for cut in 0..body.len() {
+            let mut w = StreamWatch::new(true);
+            let (a, b) = body.as_bytes().split_at(cut);
+            w.feed(a, None);
+            w.feed(b, None);
+            assert!(!w.complete(), "not before the end of body, cut {cut}");
+            assert_eq!(w.end(true, None), b"", "nothing left open, cut {cut}");
+            assert!(w.complete() && !w.done, "cut {cut}");
+            let answer = w.complete_answer().expect("cacheable");
+            assert_eq!(
+                (answer.content.as_str(), answer.usage.total_tokens),
+                ("Helélo", 5)
+            );
+        }
+        // The gateway cutting the stream off is no clean end.
+        let mut w = StreamWatch::new(true);
+        w.feed(body.as_bytes(), None);
+        assert_eq!(w.end(false, None), b"");
+        assert!(!w.complete() && w.complete_answer().is_none());
+    }
+
+    #[test]
+    fn without_a_finish_reason_or_mid_line_the_end_is_no_completion() {
+        let unfinished: String = STREAM.split_inclusive("\n\n").take(3).collect();
+        let mut w = StreamWatch::new(true);
+        w.feed(unfinished.as_bytes(), None);
+        assert_eq!(w.end(true, None), b"");
+        assert!(!w.complete() && w.complete_answer().is_none());
+
+        // Cut inside the usage line: its event is lost, and the gateway's tail must not join it.
+        let body = without_done();
+        let mut w = StreamWatch::new(true);
+        w.feed(&body.as_bytes()[..body.len() - 20], None);
+        assert_eq!(w.end(true, None), b"\n\n");
+        assert!(w.finished && !w.complete());
+    }
+
+    #[test]
+    fn an_event_left_open_at_the_end_is_closed_and_counted() {
+        let body = without_done();
+        // The usage event lacks its blank line (`\n`), or even its line end (`\r`, then EOF).
+        for open in [
+            &body[..body.len() - 1],
+            &format!("{}\r", &body[..body.len() - 2]),
+        ] {
+            let mut w = StreamWatch::new(false);
+            w.feed(open.as_bytes(), None);
+            assert_eq!(w.tokens.completion, None, "{open:?}");
+            assert_eq!(w.end(true, None), b"\n\n", "{open:?}");
+            assert_eq!(w.tokens.completion, Some(2), "{open:?}");
+            assert!(w.complete(), "{open:?}");
+        }
+    }
+
+    #[test]
+    fn every_choice_needs_its_finish_reason() {
+        let chunk = |i: u64, finish: &str| {
+            format!("data: {{\"choices\":[{{\"index\":{i},\"delta\":{{\"content\":\"x\"}},\"finish_reason\":{finish}}}]}}\n\n")
+        };
+        let mut w = StreamWatch::new(false);
+        for piece in [chunk(0, "null"), chunk(1, "null"), chunk(0, "\"stop\"")] {
+            w.feed(piece.as_bytes(), None);
+        }
+        let mut both = StreamWatch::new(false);
+        for piece in [
+            chunk(0, "null"),
+            chunk(1, "\"length\""),
+            chunk(0, "\"stop\""),
+        ] {
+            both.feed(piece.as_bytes(), None);
+        }
+        let mut untracked = StreamWatch::new(false);
+        untracked.feed(chunk(500, "\"stop\"").as_bytes(), None);
+        for w in [&mut w, &mut both, &mut untracked] {
+            w.end(true, None);
+        }
+        assert!(w.finished && !w.complete(), "choice 1 never finished");
+        assert!(both.complete());
+        assert!(!untracked.complete());
     }
 
     #[test]

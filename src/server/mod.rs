@@ -113,8 +113,8 @@ impl Gateway {
         let entry = crate::access_log::Entry {
             request_id: &ctx.request_id,
             method: req.method.as_str(),
-            // Only known routes are logged verbatim: an arbitrary path is client-controlled.
-            path: if routes::known(path) { path } else { "(other)" },
+            // Never the raw path: an arbitrary path (or a route's id) is client-controlled.
+            path: routes::logged_path(path),
             client: ctx.client.as_deref(),
             scenario: ctx.scenario.as_deref(),
             provider: ctx.provider.as_deref(),

@@ -2,6 +2,10 @@
 //! which listener, whether the request is metered and whether it needs the admin key. The
 //! dispatch `match` sits next to the table, so adding an endpoint is one variant, one row and
 //! one arm here, plus its own module under `endpoints/`.
+//!
+//! A path is matched exactly, or it ends in `{id}`: then it matches any path with that prefix
+//! and a non-empty rest, which the endpoint gets percent-decoded. The access log writes such a
+//! request as the template, never with the client's id.
 
 use super::{admin, Role};
 use crate::downstream::{self, RequestCtx};
@@ -15,6 +19,7 @@ use pingora::protocols::http::ServerSession as Session;
 pub enum Endpoint {
     Chat,
     Models,
+    Model,
     Health,
     Metrics,
     Ready,
@@ -29,6 +34,7 @@ pub enum Endpoint {
 #[derive(Debug)]
 pub struct Route {
     pub role: Role,
+    /// Exact paths, or templates ending in [`ARG`].
     pub paths: &'static [&'static str],
     pub methods: &'static [&'static str],
     pub endpoint: Endpoint,
@@ -37,6 +43,9 @@ pub struct Route {
 }
 
 const GET: &[&str] = &["GET", "HEAD"];
+
+/// The placeholder a path template ends with.
+const ARG: &str = "{id}";
 
 const fn row(
     role: Role,
@@ -69,6 +78,12 @@ pub static ROUTES: &[Route] = &[
         &["GET"],
         Endpoint::Models,
     ),
+    row(
+        Role::Api,
+        &["/v1/models/{id}", "/models/{id}"],
+        &["GET"],
+        Endpoint::Model,
+    ),
     row(Role::Api, &["/health"], GET, Endpoint::Health),
     row(Role::Admin, &["/metrics"], GET, Endpoint::Metrics),
     row(Role::Admin, &["/health"], GET, Endpoint::Health),
@@ -91,21 +106,47 @@ fn is_admin_path(path: &str) -> bool {
     path == "/admin" || path.starts_with("/admin/")
 }
 
-/// Whether any listener serves `path` (the access log writes other paths as `(other)`: an
-/// arbitrary path is client-controlled).
-pub fn known(path: &str) -> bool {
-    ROUTES.iter().any(|r| r.paths.contains(&path))
+/// Matches `path` against one row path: `Some(rest)` where the rest is what the template's
+/// [`ARG`] stands for (empty for an exact path).
+fn path_match<'p>(pattern: &str, path: &'p str) -> Option<&'p str> {
+    match pattern.strip_suffix(ARG) {
+        Some(prefix) => path.strip_prefix(prefix).filter(|rest| !rest.is_empty()),
+        None => (pattern == path).then_some(""),
+    }
 }
 
-/// The route for this request, or the error that answers it.
-fn find(role: Role, method: &str, path: &str) -> Result<&'static Route, GatewayError> {
-    let mut path_known = false;
-    for r in ROUTES
+/// The row path (or template) of `route` that `path` matches, and the rest for its [`ARG`].
+fn pattern_of<'p>(route: &Route, path: &'p str) -> Option<(&'static str, &'p str)> {
+    route
+        .paths
         .iter()
-        .filter(|r| r.role == role && r.paths.contains(&path))
-    {
+        .find_map(|p| path_match(p, path).map(|rest| (*p, rest)))
+}
+
+/// How the access log writes `path`: as is for a fixed route, as its template for a route
+/// with an argument, and `(other)` for anything else (an arbitrary path is client-controlled).
+pub fn logged_path(path: &str) -> &str {
+    match ROUTES.iter().find_map(|r| pattern_of(r, path)) {
+        Some((pattern, _)) if pattern.ends_with(ARG) => pattern,
+        Some(_) => path,
+        None => "(other)",
+    }
+}
+
+/// The route for this request and the raw (still percent-encoded) argument of a template
+/// path, or the error that answers it.
+fn find<'p>(
+    role: Role,
+    method: &str,
+    path: &'p str,
+) -> Result<(&'static Route, &'p str), GatewayError> {
+    let mut path_known = false;
+    for r in ROUTES.iter().filter(|r| r.role == role) {
+        let Some((_, arg)) = pattern_of(r, path) else {
+            continue;
+        };
         if r.methods.contains(&method) {
-            return Ok(r);
+            return Ok((r, arg));
         }
         path_known = true;
     }
@@ -117,6 +158,14 @@ fn find(role: Role, method: &str, path: &str) -> Result<&'static Route, GatewayE
     } else {
         Err(GatewayError::NotFound { method, path })
     }
+}
+
+/// A template path's argument, percent-decoded: ids may contain `/` or spaces, which clients
+/// (the openai SDKs among them) send encoded.
+fn decode(arg: &str) -> String {
+    percent_encoding::percent_decode_str(arg)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Routes one request and runs its endpoint.
@@ -138,11 +187,14 @@ pub async fn dispatch(
             return Err(GatewayError::InvalidApiKey);
         }
     }
-    let route = find(role, head.method.as_str(), path)?;
+    let (route, arg) = find(role, head.method.as_str(), path)?;
+    // Owned: the argument borrows the request head, and the endpoints take the session.
+    let arg = decode(arg);
     ctx.metered = route.metered;
     match route.endpoint {
         Endpoint::Chat => endpoints::chat::handle(shared, session, ctx).await,
         Endpoint::Models => endpoints::models::handle(shared, session, ctx).await,
+        Endpoint::Model => endpoints::models::retrieve(shared, session, ctx, &arg).await,
         Endpoint::Health => {
             downstream::write_health(session, ctx).await;
             Ok(())
@@ -166,7 +218,7 @@ mod tests {
     fn methods_and_paths_resolve_per_listener() {
         assert_eq!(
             find(Role::Api, "POST", "/chat/completions")
-                .map(|r| r.endpoint)
+                .map(|(r, _)| r.endpoint)
                 .ok(),
             Some(Endpoint::Chat)
         );
@@ -182,7 +234,7 @@ mod tests {
         );
         assert_eq!(
             find(Role::Admin, "DELETE", "/admin/cache")
-                .map(|r| r.endpoint)
+                .map(|(r, _)| r.endpoint)
                 .ok(),
             Some(Endpoint::CacheClear)
         );
@@ -196,6 +248,45 @@ mod tests {
             find(Role::Admin, "POST", "/ready").unwrap_err().status(),
             405
         );
-        assert!(known("/admin/reload") && !known("/secret/path"));
+        assert_eq!(logged_path("/admin/reload"), "/admin/reload");
+        assert_eq!(logged_path("/secret/path"), "(other)");
+    }
+
+    #[test]
+    fn a_template_path_takes_the_rest_as_its_argument() {
+        let found = |path| {
+            find(Role::Api, "GET", path)
+                .map(|(r, arg)| (r.endpoint, arg))
+                .ok()
+        };
+        assert_eq!(found("/v1/models"), Some((Endpoint::Models, "")));
+        assert_eq!(
+            found("/v1/models/org/m%20v2"),
+            Some((Endpoint::Model, "org/m%20v2"))
+        );
+        assert_eq!(found("/models/gpt-4o"), Some((Endpoint::Model, "gpt-4o")));
+        assert_eq!(decode("org%2Fm%20v2"), "org/m v2");
+        // No id: no route.
+        assert_eq!(
+            find(Role::Api, "GET", "/v1/models/").unwrap_err().status(),
+            404
+        );
+        assert_eq!(
+            find(Role::Api, "POST", "/v1/models/x")
+                .unwrap_err()
+                .status(),
+            405
+        );
+        assert_eq!(
+            find(Role::Admin, "GET", "/v1/models/x")
+                .unwrap_err()
+                .status(),
+            404
+        );
+        // The client's id never reaches the log.
+        assert_eq!(logged_path("/v1/models/secret%20id"), "/v1/models/{id}");
+        assert_eq!(logged_path("/models/a/b"), "/models/{id}");
+        assert_eq!(logged_path("/v1/models"), "/v1/models");
+        assert_eq!(logged_path("/v1/models/"), "(other)");
     }
 }
