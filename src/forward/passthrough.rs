@@ -225,6 +225,11 @@ pub async fn stream(
                 }
                 watch.feed(&chunk, ctx.delivered.as_mut());
                 take_tokens(ctx, watch.tokens);
+                if watch.done {
+                    // Stored before the client sees [DONE]: its next request may follow at once
+                    // and must find the answer.
+                    commit(a, ctx, &mut watch).await;
+                }
                 if session.write_response_body(chunk, false).await.is_err() {
                     ctx.status = 499;
                     up.shutdown().await;
@@ -288,13 +293,7 @@ pub async fn stream(
         up.shutdown().await;
     } else {
         a.release(up).await;
-        if let Some(c) = &mut ctx.capture {
-            if let Some(answer) = watch.complete_answer() {
-                c.answer = answer;
-                c.complete = true;
-            }
-            c.commit(&a.shared.cache).await;
-        }
+        commit(a, ctx, &mut watch).await;
     }
     if !watch.done {
         tail.extend_from_slice(SSE_DONE);
@@ -308,4 +307,15 @@ pub async fn stream(
         ctx.status = 499;
     }
     Ok(())
+}
+
+/// Stores the streamed answer in the cache when it is complete (once).
+async fn commit(a: &Attempt<'_>, ctx: &mut RequestCtx, watch: &mut StreamWatch) {
+    if let Some(c) = ctx.capture.as_mut().filter(|c| c.stored.is_none()) {
+        if let Some(answer) = watch.complete_answer() {
+            c.answer = answer;
+            c.complete = true;
+        }
+        c.commit(&a.shared.cache).await;
+    }
 }
