@@ -69,7 +69,8 @@ pub async fn serve(
         vars: job.vars,
         drop: Features::NONE,
     };
-    let mut unsupported = vec![false; n];
+    // Candidates already counted as unsupported (a lone candidate is visited more than once).
+    let mut unsupported = 0u64;
     for idx in order {
         if made == cap {
             break;
@@ -78,7 +79,9 @@ pub async fn serve(
         let drop = match fit(c.target, job.req.features) {
             Ok(drop) => drop,
             Err(_) => {
-                if !std::mem::replace(&mut unsupported[idx], true) {
+                let bit = 1u64 << idx.min(63);
+                if unsupported & bit == 0 {
+                    unsupported |= bit;
                     failure::record(shared, &c.target.provider.name, Outcome::Unsupported);
                 }
                 continue;
