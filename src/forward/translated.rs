@@ -9,7 +9,7 @@ use super::wait::{next, Step};
 use super::Job;
 use crate::downstream::{self, RequestCtx};
 use crate::error::GatewayError;
-use crate::protocol::chunks::{ChunkWriter, Usage};
+use crate::protocol::chunks::{ChunkWriter, ToolCallPiece, Usage};
 use crate::protocol::sse::SseParser;
 use crate::protocol::{Answer, SSE_DONE};
 use crate::providers::{Decoder, Event};
@@ -54,8 +54,12 @@ struct Out<'a> {
     headers_sent: bool,
     content: String,
     reasoning: String,
+    /// Whole tool calls, for a non-stream answer.
+    tool_calls: Vec<ToolCallPiece>,
     /// The answer grew past MAX_RESPONSE: no longer kept (a non-stream answer fails).
     overflow: bool,
+    /// The answer has parts the cache's neutral answer cannot hold (tool calls): not stored.
+    uncacheable: bool,
     pending: BytesMut,
     ctx: &'a mut RequestCtx,
 }
@@ -71,9 +75,19 @@ impl Out<'_> {
         downstream::sse_header(self.ctx).map(Some)
     }
 
+    fn kept(&self) -> usize {
+        self.content.len()
+            + self.reasoning.len()
+            + self
+                .tool_calls
+                .iter()
+                .map(|c| c.arguments.len())
+                .sum::<usize>()
+    }
+
     /// Keeps `text` for the whole answer unless that would pass the bound.
     fn keep(&mut self, text: &str, reasoning: bool) {
-        if self.content.len() + self.reasoning.len() + text.len() > MAX_RESPONSE {
+        if self.kept() + text.len() > MAX_RESPONSE {
             self.overflow = true;
         } else if reasoning {
             self.reasoning.push_str(text);
@@ -115,7 +129,9 @@ pub async fn relay(
         headers_sent: false,
         content: String::new(),
         reasoning: String::new(),
+        tool_calls: Vec::new(),
         overflow: false,
+        uncacheable: false,
         pending: BytesMut::new(),
         ctx,
     };
@@ -334,9 +350,13 @@ async fn on_event(
         }
         Event::ToolCall(piece) => {
             // Tool calls are not part of the normalized answer: never cached.
-            out.overflow = true;
+            out.uncacheable = true;
             if out.client_stream {
                 out.pending.extend_from_slice(&out.writer.tool_call(&piece));
+            } else if out.kept() + piece.arguments.len() > MAX_RESPONSE {
+                out.overflow = true;
+            } else {
+                ToolCallPiece::join(&mut out.tool_calls, &piece);
             }
         }
         Event::Finish { reason, usage } => {
@@ -372,7 +392,12 @@ async fn finish(
         .replaced()
         .map_or(out.content.as_str(), |r| r)
         .to_owned();
-    if let Some(c) = out.ctx.capture.as_mut().filter(|_| !out.overflow) {
+    if let Some(c) = out
+        .ctx
+        .capture
+        .as_mut()
+        .filter(|_| !out.overflow && !out.uncacheable)
+    {
         c.answer = Answer {
             content: content.clone(),
             reasoning: out.reasoning.clone(),
@@ -393,7 +418,7 @@ async fn finish(
     } else {
         let body = out
             .writer
-            .completion(&content, &out.reasoning, reason, usage);
+            .completion(&content, &out.reasoning, &out.tool_calls, reason, usage);
         out.pending.extend_from_slice(&body);
     }
     Ok(())
