@@ -45,6 +45,8 @@ pub enum Event {
         usage: Usage,
     },
     Error(GatewayError),
+    /// The stop string that ended the answer, when the upstream names it (before `Finish`).
+    StopSequence(String),
     /// A keep-alive: never data for the client, at most an SSE comment.
     Ping,
 }
@@ -220,6 +222,8 @@ impl Provider for Dispatch<'_> {
 pub enum Decoder {
     Dify(dify::DifyStream),
     Anthropic(anthropic::AnthropicStream),
+    /// OpenAI chunks, decoded only for a client of another dialect.
+    OpenAi(openai::stream::OpenAiStream),
 }
 
 /// Where a decoded answer comes from: what the relay puts in every chunk.
@@ -234,6 +238,7 @@ impl Decoder {
         match self {
             Decoder::Dify(d) => d.on_event(ev, out),
             Decoder::Anthropic(d) => d.on_event(ev, out),
+            Decoder::OpenAi(d) => d.on_event(ev, out),
         }
     }
 
@@ -241,6 +246,7 @@ impl Decoder {
         match self {
             Decoder::Dify(d) => d.meta(),
             Decoder::Anthropic(d) => d.meta(),
+            Decoder::OpenAi(d) => d.meta(),
         }
     }
 
@@ -248,7 +254,7 @@ impl Decoder {
     pub fn replaced(&self) -> Option<&str> {
         match self {
             Decoder::Dify(d) => d.replaced(),
-            Decoder::Anthropic(_) => None,
+            Decoder::Anthropic(_) | Decoder::OpenAi(_) => None,
         }
     }
 
@@ -257,7 +263,7 @@ impl Decoder {
     pub async fn on_finish(&self, cx: &HookCx<'_>) {
         match self {
             Decoder::Dify(d) => d.on_finish(cx).await,
-            Decoder::Anthropic(_) => {}
+            Decoder::Anthropic(_) | Decoder::OpenAi(_) => {}
         }
     }
 
@@ -266,8 +272,8 @@ impl Decoder {
     pub async fn on_abandon(&self, cx: &HookCx<'_>) {
         match self {
             Decoder::Dify(d) => d.on_abandon(cx).await,
-            // Closing the connection is how a Messages stream is stopped.
-            Decoder::Anthropic(_) => {}
+            // Closing the connection is how these streams are stopped.
+            Decoder::Anthropic(_) | Decoder::OpenAi(_) => {}
         }
     }
 }

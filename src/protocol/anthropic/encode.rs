@@ -25,8 +25,8 @@
 //!   well-formed whatever order the caller uses. Pings may come before the start (SDKs skip
 //!   them), which lets a keep-alive go out while the first token is awaited.
 //! - `message_delta.usage.input_tokens` is the upstream's prompt count, or the count given to
-//!   `start` when the upstream reported none. [`Usage`] has no cached-token count, so no
-//!   `cache_read_input_tokens` is written.
+//!   `start` when the upstream reported none; tokens read from the prompt cache are
+//!   `cache_read_input_tokens` and not part of `input_tokens`, as in Anthropic's own usage.
 //! - Thinking blocks carry `"signature": ""`: the gateway has no Anthropic signature, and
 //!   clients sending the block back have it dropped by the request conversion.
 //! - Anthropic blocks are sequential: a later piece of an already closed tool call (providers
@@ -300,7 +300,7 @@ impl MessagesWriter {
         let data = json!({
             "type": "message_delta",
             "delta": {"stop_reason": reason, "stop_sequence": sequence},
-            "usage": {"input_tokens": input_tokens, "output_tokens": usage.completion_tokens},
+            "usage": usage_json(input_tokens, usage),
         });
         event_json(out, "message_delta", &data);
         event(out, "message_stop", br#"{"type":"message_stop"}"#);
@@ -314,6 +314,17 @@ impl MessagesWriter {
         self.ended = true;
         event(out, "error", &error::body(err));
     }
+}
+
+/// Anthropic usage: `input_tokens` excludes what was read from the prompt cache, which is
+/// `cache_read_input_tokens` (written only when there was some).
+fn usage_json(prompt_tokens: u64, usage: Usage) -> Value {
+    let cached = usage.cached_tokens.min(prompt_tokens);
+    let mut u = json!({"input_tokens": prompt_tokens - cached, "output_tokens": usage.completion_tokens});
+    if cached > 0 {
+        u["cache_read_input_tokens"] = json!(cached);
+    }
+    u
 }
 
 /// A tool call's `input`: its arguments as a JSON object (see the module docs).
@@ -369,7 +380,7 @@ pub fn message(
         "content": blocks,
         "stop_reason": reason,
         "stop_sequence": sequence,
-        "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens},
+        "usage": usage_json(usage.prompt_tokens, usage),
     });
     Bytes::from(v.to_string())
 }
@@ -419,6 +430,7 @@ mod tests {
             prompt_tokens: prompt,
             completion_tokens: completion,
             total_tokens: prompt + completion,
+            ..Default::default()
         }
     }
 

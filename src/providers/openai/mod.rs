@@ -4,6 +4,7 @@
 //! as it is.
 
 pub mod errors;
+pub mod stream;
 
 use super::{BuildCx, Operation, Provider, UpstreamCall};
 use crate::config::{Provider as ProviderConfig, SystemPromptMode, Target};
