@@ -4,13 +4,13 @@
 //! decoder supplies the events and its hooks (remember state when the answer completes, stop
 //! the upstream's work when it is abandoned); this relay names no provider.
 
+use super::encode::Encoder;
 use super::failure::{fail, Failure, Outcome};
 use super::relay::Attempt;
 use super::wait::{next, Step};
 use super::Job;
 use crate::downstream::{self, Dialect, RequestCtx};
 use crate::error::GatewayError;
-use super::encode::Encoder;
 use crate::protocol::chunks::{ToolCallPiece, Usage};
 use crate::protocol::sse::SseParser;
 use crate::protocol::Answer;

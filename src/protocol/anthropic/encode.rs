@@ -320,7 +320,8 @@ impl MessagesWriter {
 /// `cache_read_input_tokens` (written only when there was some).
 fn usage_json(prompt_tokens: u64, usage: Usage) -> Value {
     let cached = usage.cached_tokens.min(prompt_tokens);
-    let mut u = json!({"input_tokens": prompt_tokens - cached, "output_tokens": usage.completion_tokens});
+    let mut u =
+        json!({"input_tokens": prompt_tokens - cached, "output_tokens": usage.completion_tokens});
     if cached > 0 {
         u["cache_read_input_tokens"] = json!(cached);
     }

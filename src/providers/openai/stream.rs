@@ -246,7 +246,14 @@ mod tests {
         match &out[4] {
             Event::Finish { reason, usage } => {
                 assert_eq!(*reason, "tool_calls");
-                assert_eq!((usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens), (5, 3, 2));
+                assert_eq!(
+                    (
+                        usage.prompt_tokens,
+                        usage.completion_tokens,
+                        usage.cached_tokens
+                    ),
+                    (5, 3, 2)
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -261,7 +268,9 @@ mod tests {
         ));
         assert!(matches!(&out[1], Event::StopSequence(s) if s == "END"));
         assert!(matches!(&out[2], Event::Finish { reason: "stop", .. }));
-        let cut = decode("data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\ndata: [DONE]\n\n");
+        let cut = decode(
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\ndata: [DONE]\n\n",
+        );
         assert!(matches!(&cut[1], Event::Error(_)));
         let err = decode("data: {\"error\":{\"message\":\"overloaded\"}}\n\n");
         assert!(matches!(&err[0], Event::Error(_)));
