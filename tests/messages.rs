@@ -34,7 +34,7 @@ clients:
     api_key: client-key
 providers:
   gpt: {{ type: openai, base_url: "{o}", api_key: sk-up }}
-  claude: {{ type: anthropic, base_url: "{c}", api_key: {MOCK_KEY} }}
+  claude: {{ type: anthropic, base_url: "{c}", api_key: {MOCK_KEY}, beta: [prompt-caching-2024-07-31] }}
   dify-chat: {{ type: dify, base_url: "{d}", api_key: {k}, app: chat }}
   builtin: {{ type: mock, reply: "built-in answer" }}
 scenarios:
@@ -347,6 +347,53 @@ async fn count_tokens_cache_and_metrics_work_for_messages() {
         m.contains(r#"scenario="cached""#) && m.contains("ai_gateway_requests_total"),
         "{m}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claude_target_gets_the_clients_own_request_and_allowed_betas() {
+    let s = setup().await;
+    let body = json!({"model": "via_claude", "max_tokens": 2048, "top_k": 5,
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+        "metadata": {"user_id": "u-1", "session_id": "sess"},
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hello", "cache_control": {"type": "ephemeral"}}]}]});
+    let r = http()
+        .post(format!("{}/v1/messages", s.gw.api))
+        .header("x-api-key", "client-key")
+        .header(
+            "anthropic-beta",
+            "prompt-caching-2024-07-31,not-allowed-beta",
+        )
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let sent = s.claude.last();
+    let v = sent.json();
+    assert_eq!(v["model"], "claude-up");
+    assert_eq!(
+        v["top_k"], 5,
+        "nothing the gateway does not own is translated away"
+    );
+    assert_eq!(v["thinking"]["budget_tokens"], 1024);
+    assert_eq!(v["system"][0]["cache_control"]["type"], "ephemeral");
+    assert_eq!(
+        v["messages"][0]["content"][0]["cache_control"]["type"],
+        "ephemeral"
+    );
+    assert_eq!(
+        v["metadata"],
+        json!({"user_id": "u-1"}),
+        "the gateway's own keys are stripped"
+    );
+    assert_eq!(v["stream"], true);
+    assert_eq!(
+        sent.header("anthropic-beta").as_deref(),
+        Some("prompt-caching-2024-07-31")
+    );
+    assert_eq!(sent.header("x-api-key").as_deref(), Some(MOCK_KEY));
+    assert!(sent.header("authorization").is_none());
 }
 
 fn python() -> PathBuf {

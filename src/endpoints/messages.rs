@@ -9,6 +9,7 @@ use crate::downstream::{self, RequestCtx};
 use crate::error::GatewayError;
 use crate::filters::auth;
 use crate::protocol::anthropic::{self, encode::MessagesWriter};
+use crate::protocol::request::NativeMessages;
 use crate::protocol::ChatRequest;
 use crate::state::Shared;
 use bytes::{Bytes, BytesMut};
@@ -68,6 +69,10 @@ pub async fn handle(
     let mut req = ChatRequest::parse(&converted, &hints)?;
     req.stream = client_streams(&body);
     req.include_usage = true;
+    req.native = Some(NativeMessages {
+        body: body.clone(),
+        beta: downstream::header(session, "anthropic-beta").map(str::to_owned),
+    });
     super::chat::serve(shared, session, ctx, config, client, req, &hints, body).await
 }
 

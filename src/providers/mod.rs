@@ -82,6 +82,9 @@ pub struct UpstreamCall {
     pub stream: bool,
     /// Set when the answer is not OpenAI-shaped: it is decoded and re-encoded, not relayed.
     pub decoder: Option<Decoder>,
+    /// Headers of this call besides the provider's own (e.g. a client's allowed
+    /// `anthropic-beta`).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 /// When an attempt must have its answer head.

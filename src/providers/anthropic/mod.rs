@@ -7,16 +7,17 @@
 //! docs/anthropic.md for the mapping.
 
 pub mod errors;
+pub mod native;
 pub mod request;
 pub mod translate;
 pub mod turns;
 
-use super::{BuildCx, Event, Operation, Provider, StreamMeta, UpstreamCall};
+use super::{BuildCx, Deadlines, Event, Operation, Provider, StreamMeta, UpstreamCall};
 use crate::config::{AnthropicSettings, Provider as ProviderConfig, Target};
 use crate::error::GatewayError;
 use crate::protocol::sse::SseEvent;
 use crate::protocol::{ChatRequest, Feature, Features};
-use crate::upstream::Auth;
+use crate::upstream::{Auth, Conn, OpenError, Upstream};
 use translate::Translator;
 
 pub struct Anthropic<'a> {
@@ -71,7 +72,40 @@ impl Provider for Anthropic<'_> {
         req: &'a ChatRequest,
     ) -> Result<UpstreamCall, GatewayError> {
         let system = super::render_system_prompt(cx.config, target, req, cx.vars)?;
-        request::build_call(target, req, system.as_deref(), cx.drop)
+        let Some(n) = &req.native else {
+            return request::build_call(target, req, system.as_deref(), cx.drop);
+        };
+        let mut call =
+            request::build_call_with(target, native::body(target, n, system.as_deref())?);
+        if let Some(b) = native::beta(self.settings, n) {
+            call.headers.push(("anthropic-beta", b));
+        }
+        Ok(call)
+    }
+
+    async fn open<'a>(
+        &'a self,
+        upstream: &'a Upstream,
+        target: &'a Target,
+        call: &'a UpstreamCall,
+        request_id: &'a str,
+        deadlines: Deadlines,
+    ) -> Result<Conn, OpenError> {
+        if call.headers.is_empty() {
+            return super::open_http(upstream, target, call, request_id, self.auth(), deadlines)
+                .await;
+        }
+        let mut extra: Vec<(&'static str, &str)> = self.headers.to_vec();
+        extra.extend(call.headers.iter().map(|(k, v)| (*k, v.as_str())));
+        let auth = match &self.p.api_key {
+            Some(k) => Auth::Header {
+                name: "x-api-key",
+                value: k.expose(),
+                extra: &extra,
+            },
+            None => Auth::None,
+        };
+        super::open_http(upstream, target, call, request_id, auth, deadlines).await
     }
 
     fn map_error(&self, status: u16, body: &[u8], retry_after: Option<u64>) -> GatewayError {

@@ -154,15 +154,23 @@ pub fn build_call(
     system: Option<&str>,
     drop: Features,
 ) -> Result<UpstreamCall, GatewayError> {
-    let body = build_body(target, req, system, drop)?;
-    Ok(UpstreamCall {
+    Ok(build_call_with(
+        target,
+        build_body(target, req, system, drop)?,
+    ))
+}
+
+/// The streaming Messages call carrying `body`.
+pub fn build_call_with(target: &Target, body: Vec<u8>) -> UpstreamCall {
+    UpstreamCall {
+        headers: Vec::new(),
         path: format!("{}/messages", target.provider.url.base_path),
         body: Bytes::from(body),
         stream: true,
         decoder: Some(Decoder::Anthropic(AnthropicStream::new(
             &target.provider.name,
         ))),
-    })
+    }
 }
 
 /// The Messages request body for `req` on `target`; `system` is the target's rendered prompt.
