@@ -51,6 +51,7 @@ providers:
   mockpriced: { type: openai, base_url: "http://127.0.0.1:$MOCK_PORT/v1", api_key: bench-key }
   dify: { type: dify, base_url: "http://127.0.0.1:$MOCK_PORT/v1", api_key: app-bench-key, app: chat }
   builtin: { type: mock, reply: "Hello! How can I help you today?" } # builtin
+  claude: { type: anthropic, base_url: "http://127.0.0.1:$MOCK_PORT/v1", api_key: bench-key } # builtin
 scenarios:
   bench:
     targets: [{ provider: mock, model: bench-model }]
@@ -63,6 +64,8 @@ scenarios:
     targets: [{ provider: mock, model: bench-model }]
   bench-builtin: # builtin
     targets: [{ provider: builtin, model: bench-model }] # builtin
+  bench-claude: # builtin
+    targets: [{ provider: claude, model: bench-model }] # builtin
 YAML
 RUST_LOG=error target/release/ai-gateway -c "$OUT/conf/gateway.yaml" >/dev/null 2>&1 & pids+=($!)
 # The same gateway with its JSON access log on, written to a file: the log's cost per request.
@@ -127,6 +130,15 @@ measure() { # name url conns
       measure builtin "http://127.0.0.1:$GW_PORT/v1/chat/completions" 1
     BENCH_BODY='{"model":"bench-builtin","messages":[{"role":"user","content":"Say hello"}]}' \
       measure builtin "http://127.0.0.1:$GW_PORT/v1/chat/completions" "$CONC"
+    # Claude as an upstream (chat in, Messages stream out and translated back), and the Messages
+    # API as a front door to the OpenAI mock (decoded and re-encoded): each next to `gateway`.
+    for conns in 1 "$CONC"; do
+      measure gateway "http://127.0.0.1:$GW_PORT/v1/chat/completions" "$conns"
+      BENCH_BODY='{"model":"bench-claude","messages":[{"role":"user","content":"Say hello"}]}' \
+        measure claude "http://127.0.0.1:$GW_PORT/v1/chat/completions" "$conns"
+      BENCH_BODY='{"model":"bench","max_tokens":64,"messages":[{"role":"user","content":"Say hello"}]}' \
+        measure messages "http://127.0.0.1:$GW_PORT/v1/messages" "$conns"
+    done
     # The same priced scenario from a client without limits and from one with RPM, TPM and a
     # budget: the difference is the limiter's cost.
     BENCH_BODY='{"model":"bench-priced","messages":[{"role":"user","content":"Say hello"}]}' \

@@ -1,6 +1,7 @@
 //! A fast, zero-delay OpenAI upstream for the bench harness (`bench/run.sh`): a fixed
 //! `chat.completion` for non-stream requests and a short SSE stream for `"stream": true`, and a
-//! Dify chat app (`/v1/chat-messages`) streaming one short answer.
+//! Dify chat app (`/v1/chat-messages`) streaming one short answer, and Anthropic's Messages API
+//! (`/v1/messages`) streaming the same answer.
 //!
 //! Usage: `bench_mock <port>`
 
@@ -23,6 +24,24 @@ const DIFY_STREAM: &str = concat!(
     "data: {\"event\":\"message\",\"conversation_id\":\"6f1c0a52-7b0e-4e0f-9c59-3c1d2f1d0c11\",\"message_id\":\"9da23599-e713-4b4e-a5b2-6f0e3d1c8a77\",\"created_at\":1705398420,\"task_id\":\"c3800678-a077-43df-a102-53f23ed20b88\",\"id\":\"9da23599-e713-4b4e-a5b2-6f0e3d1c8a77\",\"answer\":\"How can I help you today?\"}\n\n",
     "data: {\"event\":\"message_end\",\"conversation_id\":\"6f1c0a52-7b0e-4e0f-9c59-3c1d2f1d0c11\",\"message_id\":\"9da23599-e713-4b4e-a5b2-6f0e3d1c8a77\",\"created_at\":1705398420,\"task_id\":\"c3800678-a077-43df-a102-53f23ed20b88\",\"id\":\"9da23599-e713-4b4e-a5b2-6f0e3d1c8a77\",\"metadata\":{\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":9,\"total_tokens\":18,\"total_price\":\"0.0001\",\"currency\":\"USD\",\"latency\":0.1}},\"files\":[]}\n\n"
 );
+
+/// A Messages API stream for the same short answer.
+const MESSAGES_STREAM: &str = concat!(
+    "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_bench\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"bench-model\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n\n",
+    "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+    "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello! \"}}\n\n",
+    "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"How can I help you today?\"}}\n\n",
+    "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+    "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":9}}\n\n",
+    "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
+);
+
+async fn messages() -> Response {
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from(MESSAGES_STREAM))
+        .unwrap_or_default()
+}
 
 async fn dify() -> Response {
     Response::builder()
@@ -53,7 +72,8 @@ async fn main() {
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/chat/completions", post(chat))
-        .route("/v1/chat-messages", post(dify));
+        .route("/v1/chat-messages", post(dify))
+        .route("/v1/messages", post(messages));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("bind the bench mock port");

@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
 # Runs every test: unit, integration (real gateway + mock upstreams) and the official openai
-# Python SDK and LangChain against the gateway. Creates .venv with `openai`, `langchain-openai` and
-# `prometheus_client` on first use.
+# and anthropic Python SDKs and LangChain against the gateway. Creates .venv with `openai`,
+# `anthropic`, `langchain-openai` and `prometheus_client` on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup-common.sh
 ensure_build_tools
 
 venv=.venv
-if ! "$venv/bin/python" -c "import openai, prometheus_client, langchain_openai" >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c "import openai, anthropic, prometheus_client, langchain_openai" >/dev/null 2>&1; then
   command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
   if ! python3 -m venv "$venv" >/dev/null 2>&1; then
     rm -rf "$venv"
     apt_install python3-venv
     python3 -m venv "$venv"
   fi
-  echo "==> installing the openai Python SDK, langchain-openai and prometheus_client (metrics parser) into $venv"
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check openai prometheus-client langchain-openai
+  echo "==> installing the openai and anthropic Python SDKs, langchain-openai and prometheus_client (metrics parser) into $venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check openai anthropic prometheus-client langchain-openai
 fi
 export AI_GATEWAY_PYTHON="$PWD/$venv/bin/python"
 

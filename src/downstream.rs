@@ -34,6 +34,15 @@ impl CacheState {
     }
 }
 
+/// The API shape a client speaks: its answers and errors are written in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dialect {
+    #[default]
+    OpenAi,
+    /// The Messages API (`/v1/messages`).
+    Anthropic,
+}
+
 /// What one request accumulates on its way; read afterwards for metrics and the access log.
 pub struct RequestCtx {
     pub started: Instant,
@@ -64,6 +73,8 @@ pub struct RequestCtx {
     /// USD charged to a limited client (with estimates where the upstream reported no usage);
     /// `None` = computed from usage and cost when metrics are recorded.
     pub spent: Option<f64>,
+    /// The client's API shape (answers and errors).
+    pub dialect: Dialect,
     /// Request features the answering target dropped (`x-gateway-dropped`, access log).
     pub dropped: crate::protocol::Features,
     /// Whether the client asked for a stream (access log).
@@ -98,6 +109,7 @@ impl RequestCtx {
             cost: None,
             extra_headers: Vec::new(),
             spent: None,
+            dialect: Dialect::OpenAi,
             dropped: crate::protocol::Features::NONE,
             stream: None,
             error: None,
@@ -215,7 +227,7 @@ pub async fn write_health(session: &mut Session, ctx: &mut RequestCtx) {
     .await;
 }
 
-/// Writes `err` in the OpenAI error shape with its status and retry hints.
+/// Writes `err` in the client's error shape with its status and retry hints.
 pub async fn write_error(
     session: &mut Session,
     ctx: &mut RequestCtx,
@@ -229,7 +241,11 @@ pub async fn write_error(
     if let Some(retry) = err.should_retry() {
         extra.push(("x-should-retry", retry.to_string()));
     }
-    write_full(session, ctx, err.status(), JSON, err.body(), &extra).await
+    let body = match ctx.dialect {
+        Dialect::OpenAi => err.body(),
+        Dialect::Anthropic => crate::protocol::anthropic::error::body(err),
+    };
+    write_full(session, ctx, err.status(), JSON, body, &extra).await
 }
 
 /// Headers for an SSE response; chunked so pingora flushes every event as it is written.

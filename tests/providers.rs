@@ -523,3 +523,4 @@ macro_rules! contract_suite {
 contract_suite!(openai, OpenAiFixture::start);
 contract_suite!(dify, DifyFixture::start);
 contract_suite!(builtin_mock, BuiltinMockFixture::start);
+contract_suite!(anthropic, AnthropicFixture::start);

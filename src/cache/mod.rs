@@ -365,7 +365,7 @@ fn render_now(a: &Answer, id: String, stream: bool, include_usage: bool) -> Byte
         include_usage,
     };
     if !stream {
-        return w.completion(&a.content, &a.reasoning, &a.finish_reason, a.usage);
+        return w.completion(&a.content, &a.reasoning, &[], &a.finish_reason, a.usage);
     }
     let mut out = BytesMut::new();
     out.extend_from_slice(&w.role());

@@ -136,10 +136,23 @@ pub struct MockSettings {
     pub cut_after: Option<usize>,
 }
 
+/// How a `type: anthropic` provider is called (Claude through the Messages API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnthropicSettings {
+    /// The `anthropic-version` header of every call.
+    pub version: String,
+    /// `anthropic-beta` values a client may pass through; others are not forwarded.
+    pub beta: Vec<String>,
+}
+
+/// The `anthropic-version` a provider without `version` sends.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
 #[derive(Debug, Clone)]
 pub enum ProviderKind {
     OpenAi,
     Dify(DifySettings),
+    Anthropic(AnthropicSettings),
     Mock(MockSettings),
 }
 
@@ -163,6 +176,7 @@ impl Provider {
         match self.kind {
             ProviderKind::OpenAi => "openai",
             ProviderKind::Dify(_) => "dify",
+            ProviderKind::Anthropic(_) => "anthropic",
             ProviderKind::Mock(_) => "mock",
         }
     }

@@ -118,6 +118,8 @@ pub struct RawDefaults {
 pub enum ProviderType {
     Openai,
     Dify,
+    /// Claude through Anthropic's Messages API.
+    Anthropic,
     /// Answers in-process, without network: demos, benchmarks, a first run with no keys.
     Mock,
 }
@@ -137,7 +139,7 @@ pub enum DifyApp {
 pub struct RawProvider {
     #[serde(rename = "type")]
     pub kind: ProviderType,
-    /// Required for openai and dify, rejected for mock.
+    /// Required for openai, anthropic and dify, rejected for mock.
     pub base_url: Option<EnvString>,
     pub api_key: Option<EnvString>,
     pub timeouts: Option<RawTimeouts>,
@@ -151,6 +153,11 @@ pub struct RawProvider {
     pub inputs: Option<IndexMap<String, String>>,
     pub system_input: Option<String>,
     pub reasoning: Option<bool>,
+    // Anthropic only.
+    /// `anthropic-version` header (default 2023-06-01).
+    pub version: Option<EnvString>,
+    /// `anthropic-beta` values a client may pass through (allow-list).
+    pub beta: Option<Vec<String>>,
     // Mock only.
     /// Fixed answer text; absent = the answer echoes the last user message.
     pub reply: Option<String>,

@@ -53,6 +53,10 @@ fn provider(p: &Provider) -> Value {
             v["system_input"] = json!(d.system_input);
             v["reasoning"] = json!(d.reasoning);
         }
+        ProviderKind::Anthropic(a) => {
+            v["version"] = json!(a.version);
+            v["beta"] = json!(a.beta);
+        }
         ProviderKind::Mock(m) => {
             // Its URL is a placeholder that is never connected to; showing it would mislead.
             v["base_url"] = Value::Null;
@@ -174,5 +178,19 @@ mod tests {
         assert_eq!(m["status"], 503);
         assert_eq!(m["retry_after"], "2s");
         assert_eq!(m["cut_after"], json!(null));
+    }
+
+    #[test]
+    fn an_anthropic_provider_shows_its_version_and_beta_but_not_its_key() {
+        let yaml = "providers:\n  c: { type: anthropic, base_url: \"https://api.anthropic.com/v1\", api_key: sk-ant-secret, beta: [prompt-caching-2024-07-31] }\nscenarios:\n  s: { targets: [{ provider: c, model: claude-sonnet-4-5 }] }\n";
+        let cfg = Config::from_str_at(yaml, Path::new("t.yaml")).unwrap();
+        let v = redacted(&cfg);
+        let c = &v["providers"]["c"];
+        assert_eq!(c["type"], "anthropic");
+        assert_eq!(c["base_url"], "https://api.anthropic.com/v1");
+        assert_eq!(c["api_key"], "***");
+        assert_eq!(c["version"], "2023-06-01");
+        assert_eq!(c["beta"], json!(["prompt-caching-2024-07-31"]));
+        assert!(!v.to_string().contains("sk-ant-secret"));
     }
 }

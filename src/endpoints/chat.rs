@@ -3,8 +3,8 @@
 //! upstreams (storing the answer when allowed) → settle the limits with what was used.
 
 use crate::cache::{self, Control, Lookup};
-use crate::config::Client;
-use crate::downstream::{self, CacheState, RequestCtx};
+use crate::config::{Client, Config};
+use crate::downstream::{self, CacheState, Dialect, RequestCtx};
 use crate::error::GatewayError;
 use crate::filters::{auth, demand, scenario};
 use crate::forward::{self, Job};
@@ -27,13 +27,34 @@ pub async fn handle(
     let client = auth::authenticate(config, downstream::authorization(session))?;
     ctx.client = client.map(|c| c.name.clone());
 
-    let hints = RequestHints {
+    let hints = hints(session);
+    let body = downstream::read_body(session, config.max_body).await?;
+    let req = ChatRequest::parse(&body, &hints)?;
+    serve(shared, session, ctx, config, client, req, &hints, body).await
+}
+
+/// The gateway's request hints from headers (scenario, session, user profile).
+pub(crate) fn hints(session: &Session) -> RequestHints {
+    RequestHints {
         scenario: downstream::header(session, "x-gateway-scenario").map(str::to_owned),
         session: downstream::header(session, "x-gateway-session").map(str::to_owned),
         user_profile: downstream::header(session, "x-gateway-user-profile").map(str::to_owned),
-    };
-    let body = downstream::read_body(session, config.max_body).await?;
-    let req = ChatRequest::parse(&body, &hints)?;
+    }
+}
+
+/// Everything after parsing, whichever dialect the request came in: scenario, features,
+/// limits, cache, upstreams. `body` is the client's own bytes (the cache's raw key).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn serve(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    config: &Config,
+    client: Option<&Client>,
+    req: ChatRequest,
+    hints: &RequestHints,
+    body: Bytes,
+) -> Result<(), GatewayError> {
     ctx.stream = Some(req.stream);
     ctx.session = req.session.clone().filter(|s| downstream::echoable(s));
 
@@ -63,7 +84,7 @@ pub async fn handle(
 
     // Client limits: reserve before anything is contacted, settle with what was really used.
     let Some(c) = client.filter(|c| demand::is_limited(c)) else {
-        return answer(shared, session, ctx, &job, client, &hints, body).await;
+        return answer(shared, session, ctx, &job, client, hints, body).await;
     };
     let estimate = demand::estimate(config, scenario, c, &req);
     let ticket = match shared.limits.admit(c, estimate.demand).await {
@@ -84,7 +105,7 @@ pub async fn handle(
     if estimate.counts_tokens {
         ctx.delivered = Some(String::new());
     }
-    let result = answer(shared, session, ctx, &job, client, &hints, body).await;
+    let result = answer(shared, session, ctx, &job, client, hints, body).await;
     // Cache hits and failures before any content cost nothing. Without upstream usage, the
     // prompt estimate and the text really delivered are charged.
     let (prompt, completion) = if ctx.cache == CacheState::Hit || ctx.ttft.is_none() {
@@ -219,7 +240,10 @@ async fn write_hit(
     req: &ChatRequest,
 ) -> Result<(), GatewayError> {
     ctx.cache = CacheState::Hit;
-    let body = cache::render(entry, req.stream, req.include_usage);
+    let body = match ctx.dialect {
+        Dialect::OpenAi => cache::render(entry, req.stream, req.include_usage),
+        Dialect::Anthropic => super::messages::render(entry, req),
+    };
     let ct = if req.stream {
         "text/event-stream; charset=utf-8"
     } else {

@@ -2,4 +2,5 @@
 //! filters, and answers — itself, from the cache, or through `forward`.
 
 pub mod chat;
+pub mod messages;
 pub mod models;

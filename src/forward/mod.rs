@@ -14,6 +14,7 @@
 //! reported in the stream: an error event followed by `data: [DONE]`, never a silent close.
 
 mod attempt;
+mod encode;
 pub mod failure;
 mod passthrough;
 mod relay;
@@ -21,10 +22,11 @@ mod translated;
 mod wait;
 
 use crate::config::{Config, Scenario, Target};
-use crate::downstream::RequestCtx;
+use crate::downstream::{Dialect, RequestCtx};
 use crate::error::{Failover, GatewayError};
 use crate::protocol::{ChatRequest, Features};
-use crate::providers::{self, BuildCx, Provider, TemplateVars};
+use crate::providers::openai::stream::OpenAiStream;
+use crate::providers::{self, BuildCx, Decoder, Provider, TemplateVars};
 use crate::routing::Skip;
 use crate::state::Shared;
 use failure::{Failure, Outcome};
@@ -128,7 +130,11 @@ pub async fn serve(
             // A cache hit could not say what was dropped to produce the answer: not stored.
             ctx.capture = None;
         }
-        let call = provider.build(&cx, c.target, job.req).await?;
+        let mut call = provider.build(&cx, c.target, job.req).await?;
+        if ctx.dialect != Dialect::OpenAi && call.decoder.is_none() {
+            // An OpenAI-shaped answer for a client of another dialect is decoded and re-encoded.
+            call.decoder = Some(Decoder::OpenAi(OpenAiStream::new(&c.target.provider.name)));
+        }
         if let Some(c) = &mut ctx.capture {
             c.reset();
         }

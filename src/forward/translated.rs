@@ -1,17 +1,19 @@
-//! Answers in another protocol, decoded into provider-neutral events and written as OpenAI
-//! chunks (or one aggregated `chat.completion` for a non-stream request). The provider's
+//! Answers in another protocol, decoded into provider-neutral events and written in the
+//! client's dialect (`encode.rs`): OpenAI chunks or one `chat.completion`, Anthropic events or
+//! one `message`. The provider's
 //! decoder supplies the events and its hooks (remember state when the answer completes, stop
 //! the upstream's work when it is abandoned); this relay names no provider.
 
+use super::encode::Encoder;
 use super::failure::{fail, Failure, Outcome};
 use super::relay::Attempt;
 use super::wait::{next, Step};
 use super::Job;
-use crate::downstream::{self, RequestCtx};
+use crate::downstream::{self, Dialect, RequestCtx};
 use crate::error::GatewayError;
-use crate::protocol::chunks::{ChunkWriter, Usage};
+use crate::protocol::chunks::{ToolCallPiece, Usage};
 use crate::protocol::sse::SseParser;
-use crate::protocol::{Answer, SSE_DONE};
+use crate::protocol::Answer;
 use crate::providers::{Decoder, Event};
 use crate::upstream::{self, Conn};
 use bytes::{Bytes, BytesMut};
@@ -31,10 +33,13 @@ pub struct ClientView {
     pub model: String,
     pub include_usage: bool,
     pub stream: bool,
+    pub dialect: Dialect,
+    /// The gateway's prompt estimate (Anthropic's `message_start` carries one).
+    pub input_estimate: u64,
 }
 
 impl ClientView {
-    pub fn of(job: &Job<'_>) -> Self {
+    pub fn of(job: &Job<'_>, dialect: Dialect) -> Self {
         ClientView {
             model: job
                 .req
@@ -43,19 +48,30 @@ impl ClientView {
                 .unwrap_or_else(|| job.scenario.name.clone()),
             include_usage: job.req.include_usage,
             stream: job.req.stream,
+            dialect,
+            input_estimate: match dialect {
+                Dialect::OpenAi => 0,
+                Dialect::Anthropic => crate::limits::prompt_tokens(&job.req.messages),
+            },
         }
     }
 }
 
 /// Where a translated answer stands.
 struct Out<'a> {
-    writer: ChunkWriter,
+    enc: Encoder,
+    /// The stop string that ended the answer, when the upstream said which.
+    stop_sequence: Option<String>,
     client_stream: bool,
     headers_sent: bool,
     content: String,
     reasoning: String,
+    /// Whole tool calls, for a non-stream answer.
+    tool_calls: Vec<ToolCallPiece>,
     /// The answer grew past MAX_RESPONSE: no longer kept (a non-stream answer fails).
     overflow: bool,
+    /// The answer has parts the cache's neutral answer cannot hold (tool calls): not stored.
+    uncacheable: bool,
     pending: BytesMut,
     ctx: &'a mut RequestCtx,
 }
@@ -67,13 +83,23 @@ impl Out<'_> {
         }
         self.headers_sent = true;
         self.ctx.status = 200;
-        self.pending.extend_from_slice(&self.writer.role());
+        self.enc.begin(&mut self.pending);
         downstream::sse_header(self.ctx).map(Some)
+    }
+
+    fn kept(&self) -> usize {
+        self.content.len()
+            + self.reasoning.len()
+            + self
+                .tool_calls
+                .iter()
+                .map(|c| c.arguments.len())
+                .sum::<usize>()
     }
 
     /// Keeps `text` for the whole answer unless that would pass the bound.
     fn keep(&mut self, text: &str, reasoning: bool) {
-        if self.content.len() + self.reasoning.len() + text.len() > MAX_RESPONSE {
+        if self.kept() + text.len() > MAX_RESPONSE {
             self.overflow = true;
         } else if reasoning {
             self.reasoning.push_str(text);
@@ -103,19 +129,22 @@ pub async fn relay(
     mut decoder: Decoder,
     client: ClientView,
 ) -> Result<(), Failure> {
-    let writer = ChunkWriter {
-        id: String::new(),
-        created: 0,
-        model: client.model,
-        include_usage: client.include_usage,
-    };
+    let enc = Encoder::new(
+        client.dialect,
+        client.model,
+        client.include_usage,
+        client.input_estimate,
+    );
     let mut out = Out {
-        writer,
+        enc,
+        stop_sequence: None,
         client_stream: client.stream,
         headers_sent: false,
         content: String::new(),
         reasoning: String::new(),
+        tool_calls: Vec::new(),
         overflow: false,
+        uncacheable: false,
         pending: BytesMut::new(),
         ctx,
     };
@@ -290,7 +319,7 @@ async fn on_event(
     let item = match item {
         Event::Ping => {
             if out.headers_sent {
-                out.pending.extend_from_slice(b": ping\n\n");
+                out.enc.ping(&mut out.pending);
             }
             return Ok(false);
         }
@@ -310,11 +339,12 @@ async fn on_event(
         *started = true;
         a.established(out.ctx);
         let meta = decoder.meta();
-        out.writer.id = meta
+        let id = meta
             .id
             .map(str::to_owned)
             .unwrap_or_else(|| format!("chatcmpl-{}", out.ctx.request_id));
-        out.writer.created = meta.created.unwrap_or_else(now_secs);
+        let created = meta.created.unwrap_or_else(now_secs);
+        out.enc.set_origin(id, created);
     }
     if let Some(h) = out.ensure_started().map_err(|e| Stop::Return(fail(e)))? {
         *header = Some(h);
@@ -322,27 +352,32 @@ async fn on_event(
     match item {
         Event::Text(text) => {
             if out.client_stream {
-                out.pending.extend_from_slice(&out.writer.content(&text));
+                out.enc.text(&text, &mut out.pending);
             }
             out.keep(&text, false);
         }
         Event::Reasoning(text) => {
             if out.client_stream {
-                out.pending.extend_from_slice(&out.writer.reasoning(&text));
+                out.enc.reasoning(&text, &mut out.pending);
             }
             out.keep(&text, true);
         }
         Event::ToolCall(piece) => {
             // Tool calls are not part of the normalized answer: never cached.
-            out.overflow = true;
+            out.uncacheable = true;
             if out.client_stream {
-                out.pending.extend_from_slice(&out.writer.tool_call(&piece));
+                out.enc.tool_call(&piece, &mut out.pending);
+            } else if out.kept() + piece.arguments.len() > MAX_RESPONSE {
+                out.overflow = true;
+            } else {
+                ToolCallPiece::join(&mut out.tool_calls, &piece);
             }
         }
         Event::Finish { reason, usage } => {
             finish(a, out, up, decoder, reason, usage).await?;
             return Ok(true);
         }
+        Event::StopSequence(s) => out.stop_sequence = Some(s),
         Event::Ping | Event::Error(_) => {}
     }
     Ok(false)
@@ -372,28 +407,35 @@ async fn finish(
         .replaced()
         .map_or(out.content.as_str(), |r| r)
         .to_owned();
-    if let Some(c) = out.ctx.capture.as_mut().filter(|_| !out.overflow) {
+    if let Some(c) = out
+        .ctx
+        .capture
+        .as_mut()
+        .filter(|_| !out.overflow && !out.uncacheable)
+    {
         c.answer = Answer {
             content: content.clone(),
             reasoning: out.reasoning.clone(),
             finish_reason: reason.to_owned(),
             usage,
-            model: out.writer.model.clone(),
-            created: out.writer.created,
+            model: out.enc.model().to_owned(),
+            created: out.enc.created(),
         };
         c.complete = true;
         c.commit(&a.shared.cache).await;
     }
+    let stop = out.stop_sequence.as_deref();
     if out.client_stream {
-        out.pending.extend_from_slice(&out.writer.finish(reason));
-        if out.writer.include_usage {
-            out.pending.extend_from_slice(&out.writer.usage(usage));
-        }
-        out.pending.extend_from_slice(SSE_DONE);
+        out.enc.finish(reason, stop, usage, &mut out.pending);
     } else {
-        let body = out
-            .writer
-            .completion(&content, &out.reasoning, reason, usage);
+        let body = out.enc.completion(
+            &content,
+            &out.reasoning,
+            &out.tool_calls,
+            reason,
+            stop,
+            usage,
+        );
         out.pending.extend_from_slice(&body);
     }
     Ok(())
@@ -426,8 +468,7 @@ async fn finish_with_error(
         }
     }
     out.ctx.error = Some(err.code().to_owned());
-    out.pending.extend_from_slice(&err.sse_event());
-    out.pending.extend_from_slice(SSE_DONE);
+    out.enc.error(&err, &mut out.pending);
     let bytes = out.pending.split().freeze();
     if session.write_response_body(bytes, true).await.is_err() {
         out.ctx.status = 499;

@@ -3,6 +3,7 @@
 //! observation of relayed OpenAI streams, the request features routing compares, and the neutral complete [`Answer`].
 
 pub mod answer;
+pub mod anthropic;
 pub mod chunks;
 pub mod features;
 pub mod request;

@@ -80,6 +80,16 @@ pub struct ChatRequest {
     pub rest: Vec<(String, Box<RawValue>)>,
     /// What the request uses that a provider may not serve.
     pub features: Features,
+    /// Set for a `/v1/messages` request: its own body, for an Anthropic target to take as is.
+    pub native: Option<NativeMessages>,
+}
+
+/// A Messages API request as the client sent it.
+#[derive(Debug, Clone)]
+pub struct NativeMessages {
+    pub body: bytes::Bytes,
+    /// The client's `anthropic-beta` header.
+    pub beta: Option<String>,
 }
 
 fn invalid(msg: impl Into<String>, param: &str) -> GatewayError {
@@ -301,6 +311,7 @@ impl ChatRequest {
             user_profile,
             rest,
             features,
+            native: None,
         })
     }
 

@@ -27,6 +27,7 @@ impl UsageView {
             prompt_tokens: self.prompt_tokens.unwrap_or(0),
             completion_tokens: self.completion_tokens.unwrap_or(0),
             total_tokens: self.total_tokens.unwrap_or(0),
+            cached_tokens: 0,
         }
     }
 }

@@ -11,6 +11,7 @@
 //! Dispatch is an enum, not a trait object: every call is static and nothing is boxed per
 //! request.
 
+pub mod anthropic;
 pub mod dify;
 pub mod mock;
 pub mod openai;
@@ -44,6 +45,8 @@ pub enum Event {
         usage: Usage,
     },
     Error(GatewayError),
+    /// The stop string that ended the answer, when the upstream names it (before `Finish`).
+    StopSequence(String),
     /// A keep-alive: never data for the client, at most an SSE comment.
     Ping,
 }
@@ -79,6 +82,9 @@ pub struct UpstreamCall {
     pub stream: bool,
     /// Set when the answer is not OpenAI-shaped: it is decoded and re-encoded, not relayed.
     pub decoder: Option<Decoder>,
+    /// Headers of this call besides the provider's own (e.g. a client's allowed
+    /// `anthropic-beta`).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 /// When an attempt must have its answer head.
@@ -141,6 +147,7 @@ pub trait Provider {
 pub enum Dispatch<'a> {
     OpenAi(openai::OpenAi<'a>),
     Dify(dify::Dify<'a>),
+    Anthropic(anthropic::Anthropic<'a>),
     Mock(mock::Mock<'a>),
 }
 
@@ -149,6 +156,9 @@ pub fn of(p: &ProviderConfig) -> Dispatch<'_> {
     match &p.kind {
         ProviderKind::OpenAi => Dispatch::OpenAi(openai::OpenAi(p)),
         ProviderKind::Dify(settings) => Dispatch::Dify(dify::Dify { p, settings }),
+        ProviderKind::Anthropic(settings) => {
+            Dispatch::Anthropic(anthropic::Anthropic::new(p, settings))
+        }
         ProviderKind::Mock(settings) => Dispatch::Mock(mock::Mock { p, settings }),
     }
 }
@@ -158,6 +168,7 @@ macro_rules! each {
         match $self {
             Dispatch::OpenAi($p) => $e,
             Dispatch::Dify($p) => $e,
+            Dispatch::Anthropic($p) => $e,
             Dispatch::Mock($p) => $e,
         }
     };
@@ -213,6 +224,9 @@ impl Provider for Dispatch<'_> {
 /// Decoders of answers that are not OpenAI-shaped, one variant per protocol.
 pub enum Decoder {
     Dify(dify::DifyStream),
+    Anthropic(anthropic::AnthropicStream),
+    /// OpenAI chunks, decoded only for a client of another dialect.
+    OpenAi(openai::stream::OpenAiStream),
 }
 
 /// Where a decoded answer comes from: what the relay puts in every chunk.
@@ -226,12 +240,16 @@ impl Decoder {
     pub fn on_event(&mut self, ev: &SseEvent, out: &mut Vec<Event>) {
         match self {
             Decoder::Dify(d) => d.on_event(ev, out),
+            Decoder::Anthropic(d) => d.on_event(ev, out),
+            Decoder::OpenAi(d) => d.on_event(ev, out),
         }
     }
 
     pub fn meta(&self) -> StreamMeta<'_> {
         match self {
             Decoder::Dify(d) => d.meta(),
+            Decoder::Anthropic(d) => d.meta(),
+            Decoder::OpenAi(d) => d.meta(),
         }
     }
 
@@ -239,6 +257,7 @@ impl Decoder {
     pub fn replaced(&self) -> Option<&str> {
         match self {
             Decoder::Dify(d) => d.replaced(),
+            Decoder::Anthropic(_) | Decoder::OpenAi(_) => None,
         }
     }
 
@@ -247,6 +266,7 @@ impl Decoder {
     pub async fn on_finish(&self, cx: &HookCx<'_>) {
         match self {
             Decoder::Dify(d) => d.on_finish(cx).await,
+            Decoder::Anthropic(_) | Decoder::OpenAi(_) => {}
         }
     }
 
@@ -255,6 +275,8 @@ impl Decoder {
     pub async fn on_abandon(&self, cx: &HookCx<'_>) {
         match self {
             Decoder::Dify(d) => d.on_abandon(cx).await,
+            // Closing the connection is how these streams are stopped.
+            Decoder::Anthropic(_) | Decoder::OpenAi(_) => {}
         }
     }
 }

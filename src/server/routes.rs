@@ -8,7 +8,7 @@
 //! request as the template, never with the client's id.
 
 use super::{admin, Role};
-use crate::downstream::{self, RequestCtx};
+use crate::downstream::{self, Dialect, RequestCtx};
 use crate::endpoints;
 use crate::error::GatewayError;
 use crate::filters::auth;
@@ -18,6 +18,8 @@ use pingora::protocols::http::ServerSession as Session;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     Chat,
+    Messages,
+    CountTokens,
     Models,
     Model,
     Health,
@@ -72,6 +74,16 @@ pub static ROUTES: &[Route] = &[
             Endpoint::Chat,
         )
     },
+    Route {
+        metered: true,
+        ..row(Role::Api, &["/v1/messages"], &["POST"], Endpoint::Messages)
+    },
+    row(
+        Role::Api,
+        &["/v1/messages/count_tokens"],
+        &["POST"],
+        Endpoint::CountTokens,
+    ),
     row(
         Role::Api,
         &["/v1/models", "/models"],
@@ -191,8 +203,13 @@ pub async fn dispatch(
     // Owned: the argument borrows the request head, and the endpoints take the session.
     let arg = decode(arg);
     ctx.metered = route.metered;
+    if matches!(route.endpoint, Endpoint::Messages | Endpoint::CountTokens) {
+        ctx.dialect = Dialect::Anthropic;
+    }
     match route.endpoint {
         Endpoint::Chat => endpoints::chat::handle(shared, session, ctx).await,
+        Endpoint::Messages => endpoints::messages::handle(shared, session, ctx).await,
+        Endpoint::CountTokens => endpoints::messages::count_tokens(shared, session, ctx).await,
         Endpoint::Models => endpoints::models::handle(shared, session, ctx).await,
         Endpoint::Model => endpoints::models::retrieve(shared, session, ctx, &arg).await,
         Endpoint::Health => {

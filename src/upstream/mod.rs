@@ -29,11 +29,12 @@ pub enum Auth<'a> {
     None,
     /// `authorization: Bearer <key>` (OpenAI, Dify).
     Bearer(&'a str),
-    /// A key in a header of its own, plus fixed headers (e.g. a protocol version).
+    /// A key in a header of its own, plus headers every call carries (e.g. a protocol
+    /// version); their values come from validated config.
     Header {
         name: &'static str,
         value: &'a str,
-        extra: &'static [(&'static str, &'static str)],
+        extra: &'a [(&'static str, &'a str)],
     },
 }
 

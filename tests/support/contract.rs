@@ -3,6 +3,7 @@
 //! configured only through YAML writes the fault into its provider block.
 #![allow(dead_code)]
 
+use super::anthropic::{AnthropicKnobs, MockAnthropic, MOCK_KEY};
 use super::dify::{key, DifyKnobs, MockDify, Mode};
 use super::{Knobs, MockOpenAi};
 use std::time::Duration;
@@ -261,6 +262,89 @@ impl Fixture for BuiltinMockFixture {
     }
     fn abandoned(&self) -> Option<usize> {
         None
+    }
+    fn stops(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// Claude through the Messages API: the in-process `MockAnthropic`.
+pub struct AnthropicFixture {
+    pub mock: MockAnthropic,
+}
+
+const ANTHROPIC_REPLY: &str =
+    "Claude says: a ceramide cream at night, a gentle cleanser and a humidifier help dry skin.";
+
+impl AnthropicFixture {
+    pub async fn start() -> AnthropicFixture {
+        AnthropicFixture {
+            mock: MockAnthropic::start_with(Self::knobs(&Fault::None)).await,
+        }
+    }
+
+    fn knobs(fault: &Fault) -> AnthropicKnobs {
+        let mut k = AnthropicKnobs {
+            text: ANTHROPIC_REPLY.into(),
+            ..Default::default()
+        };
+        match fault {
+            Fault::None => {}
+            Fault::Status {
+                status,
+                retry_after,
+            } => {
+                k.status = *status;
+                k.retry_after = *retry_after;
+                k.error_type = match status {
+                    429 => "rate_limit_error",
+                    529 => "overloaded_error",
+                    400..=499 => "invalid_request_error",
+                    _ => "api_error",
+                }
+                .into();
+            }
+            Fault::Silent => k.never_answer = true,
+            Fault::CutMidStream => {
+                k.chunks = 2 * CUT_AFTER;
+                k.cut_after = Some(CUT_AFTER);
+            }
+            Fault::SlowStream => {
+                // 40 pieces asked: at least 20 for any text of 40 characters or more.
+                k.chunks = 40;
+                k.chunk_interval = SLOW_CHUNK_DELAY;
+            }
+        }
+        k
+    }
+}
+
+impl Fixture for AnthropicFixture {
+    fn name(&self) -> &str {
+        "claude"
+    }
+    fn serves_tools(&self) -> bool {
+        true
+    }
+    fn provider_yaml(&self, fault: &Fault) -> String {
+        let knobs = Self::knobs(fault);
+        self.mock.set(|k| *k = knobs);
+        format!(
+            r#"type: anthropic, base_url: "{}", api_key: {MOCK_KEY}"#,
+            self.mock.url()
+        )
+    }
+    fn target_yaml(&self) -> String {
+        "model: claude-test".into()
+    }
+    fn reply(&self, _prompt: &str) -> String {
+        ANTHROPIC_REPLY.into()
+    }
+    fn calls(&self) -> Option<usize> {
+        Some(self.mock.count())
+    }
+    fn abandoned(&self) -> Option<usize> {
+        Some(self.mock.abandoned())
     }
     fn stops(&self) -> Option<usize> {
         None

@@ -2,6 +2,7 @@
 //! real gateway (pingora server) on free loopback ports with a given config.
 #![allow(dead_code)]
 
+pub mod anthropic;
 pub mod client;
 pub mod contract;
 pub mod dify;

@@ -4,7 +4,10 @@ use super::policies::{self, Policies};
 use super::{add_template, parse_url, secret, Ctx};
 use crate::config::raw::{DifyApp, ProviderType, RawProvider};
 use crate::config::units::Secret;
-use crate::config::{DifySettings, MockSettings, Provider, ProviderKind, UpstreamUrl};
+use crate::config::{
+    AnthropicSettings, DifySettings, MockSettings, Provider, ProviderKind, UpstreamUrl,
+    ANTHROPIC_VERSION,
+};
 use indexmap::IndexMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,15 +49,23 @@ fn provider(
     let kind = match p.kind {
         ProviderType::Openai => {
             reject(cx, &key, &dify_fields(p), "dify");
+            reject(cx, &key, &anthropic_fields(p), "anthropic");
             reject(cx, &key, &mock_fields(p), "mock");
             ProviderKind::OpenAi
         }
         ProviderType::Dify => {
+            reject(cx, &key, &anthropic_fields(p), "anthropic");
             reject(cx, &key, &mock_fields(p), "mock");
             ProviderKind::Dify(dify(cx, &key, p, templates)?)
         }
+        ProviderType::Anthropic => {
+            reject(cx, &key, &dify_fields(p), "dify");
+            reject(cx, &key, &mock_fields(p), "mock");
+            ProviderKind::Anthropic(anthropic(cx, &key, p))
+        }
         ProviderType::Mock => {
             reject(cx, &key, &dify_fields(p), "dify");
+            reject(cx, &key, &anthropic_fields(p), "anthropic");
             ProviderKind::Mock(mock(cx, &key, p))
         }
     };
@@ -84,7 +95,10 @@ fn url(cx: &mut Ctx, key: &str, p: &RawProvider) -> UpstreamUrl {
             return mock_url();
         }
         (_, None) => {
-            cx.error(url_key, "is required for openai and dify providers");
+            cx.error(
+                url_key,
+                "is required for openai, anthropic and dify providers",
+            );
             None
         }
         (_, Some(url)) => parse_url(cx, &url_key, url.0.trim()),
@@ -138,6 +152,10 @@ fn dify_fields(p: &RawProvider) -> [(&'static str, bool); 6] {
         ("system_input", p.system_input.is_some()),
         ("reasoning", p.reasoning.is_some()),
     ]
+}
+
+fn anthropic_fields(p: &RawProvider) -> [(&'static str, bool); 2] {
+    [("version", p.version.is_some()), ("beta", p.beta.is_some())]
 }
 
 fn mock_fields(p: &RawProvider) -> [(&'static str, bool); 7] {
@@ -202,6 +220,52 @@ fn dify(
         system_input: p.system_input.clone(),
         reasoning: p.reasoning.unwrap_or(false),
     })
+}
+
+/// `version` and `beta` go into request headers verbatim: only values that cannot break a
+/// header (or, for `beta`, the comma-separated list) are accepted.
+fn anthropic(cx: &mut Ctx, key: &str, p: &RawProvider) -> AnthropicSettings {
+    let version = p
+        .version
+        .as_ref()
+        .map(|v| v.0.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| ANTHROPIC_VERSION.to_owned());
+    let is_date = version.len() == 10
+        && version.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            _ => b.is_ascii_digit(),
+        });
+    if !is_date {
+        cx.error(
+            format!("{key}.version"),
+            format!("{version:?} is not an Anthropic API version: write a date such as 2023-06-01"),
+        );
+    }
+    let mut beta: Vec<String> = Vec::new();
+    for (i, name) in p.beta.iter().flatten().enumerate() {
+        let name = name.trim();
+        let ok = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !ok {
+            cx.error(
+                format!("{key}.beta[{i}]"),
+                format!(
+                    "{name:?} is not an anthropic-beta value: letters, digits, `-`, `_` and `.` only"
+                ),
+            );
+        } else if beta.iter().any(|b| b == name) {
+            cx.warn(
+                format!("{key}.beta[{i}]"),
+                format!("{name:?} is listed twice"),
+            );
+        } else {
+            beta.push(name.to_owned());
+        }
+    }
+    AnthropicSettings { version, beta }
 }
 
 fn mock(cx: &mut Ctx, key: &str, p: &RawProvider) -> MockSettings {
@@ -373,6 +437,62 @@ scenarios:
     }
 
     #[test]
+    fn an_anthropic_provider_compiles_with_its_version_and_beta() {
+        let yaml = r#"
+providers:
+  c: { type: anthropic, base_url: "https://api.anthropic.com/v1", api_key: k }
+  d: { type: anthropic, base_url: "https://api.anthropic.com/v1", api_key: k, version: "2024-10-22", beta: [prompt-caching-2024-07-31, context-1m-2025-08-07] }
+scenarios:
+  s: { targets: [{ provider: c, model: claude-sonnet-4-5, params: { max_tokens: 4096 } }, { provider: d, model: claude-opus-4-1 }] }
+"#;
+        let cfg = load(yaml).unwrap();
+        let c = &cfg.providers["c"];
+        assert_eq!(c.type_name(), "anthropic");
+        assert_eq!(c.url.base_path, "/v1");
+        let ProviderKind::Anthropic(s) = &c.kind else {
+            panic!("{:?}", c.kind)
+        };
+        assert_eq!((s.version.as_str(), s.beta.len()), ("2023-06-01", 0));
+        let ProviderKind::Anthropic(s) = &cfg.providers["d"].kind else {
+            panic!()
+        };
+        assert_eq!(s.version, "2024-10-22");
+        assert_eq!(
+            s.beta,
+            ["prompt-caching-2024-07-31", "context-1m-2025-08-07"]
+        );
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    }
+
+    #[test]
+    fn anthropic_errors_are_all_reported() {
+        let yaml = r#"
+providers:
+  a1: { type: anthropic, api_key: k, version: "June 2023", beta: ["a,b", ""], app: chat, reply: hi }
+  a2: { type: anthropic, base_url: "https://api.anthropic.com/v1", api_key: k, beta: [x-1, x-1] }
+  o: { type: openai, base_url: "http://x/v1", api_key: k, version: "2023-06-01" }
+  d: { type: dify, base_url: "http://x/v1", api_key: k, app: chat, beta: [x] }
+scenarios:
+  s: { targets: [{ provider: a1, model: m }, { provider: a2, model: m, inputs: { a: b } }] }
+"#;
+        let e = errors(yaml);
+        for want in [
+            "providers.a1.base_url: error: is required for openai, anthropic and dify providers",
+            "providers.a1.version: error: \"June 2023\" is not an Anthropic API version",
+            "providers.a1.beta[0]: error: \"a,b\" is not an anthropic-beta value",
+            "providers.a1.beta[1]: error: \"\" is not an anthropic-beta value",
+            "providers.a1.app: error: applies to `type: dify` providers only",
+            "providers.a1.reply: error: applies to `type: mock` providers only",
+            "providers.a2.beta[1]: warning: \"x-1\" is listed twice",
+            "providers.o.version: error: applies to `type: anthropic` providers only",
+            "providers.d.beta: error: applies to `type: anthropic` providers only",
+            "scenarios.s.targets[1].inputs: error: applies to dify providers only",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
+    }
+
+    #[test]
     fn mock_errors_are_all_reported() {
         let yaml = r#"
 providers:
@@ -388,10 +508,10 @@ scenarios:
 "#;
         let e = errors(yaml);
         for want in [
-            "providers.o.base_url: error: is required for openai and dify providers",
+            "providers.o.base_url: error: is required for openai, anthropic and dify providers",
             "providers.o.reply: error: applies to `type: mock` providers only",
             "providers.o.fail_rate: error: applies to `type: mock` providers only",
-            "providers.d.base_url: error: is required for openai and dify providers",
+            "providers.d.base_url: error: is required for openai, anthropic and dify providers",
             "providers.d.cut_after: error: applies to `type: mock` providers only",
             "providers.m1.base_url: error: a mock provider makes no network calls; remove base_url",
             "providers.m1.app: error: applies to `type: dify` providers only",

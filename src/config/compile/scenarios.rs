@@ -283,7 +283,7 @@ fn model(cx: &mut Ctx, tkey: &str, t: &RawTarget, provider: &Provider) -> Option
     if is_dify && model.is_some() {
         cx.error(
             format!("{tkey}.model"),
-            "applies to openai and mock providers only (a Dify app has its own model)",
+            "applies to openai, anthropic and mock providers only (a Dify app has its own model)",
         );
     }
     if !is_dify && t.inputs.is_some() {

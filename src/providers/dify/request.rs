@@ -98,6 +98,7 @@ pub async fn build_call(
         fallback_body: fallback,
     };
     Ok(UpstreamCall {
+        headers: Vec::new(),
         path: generate_path(&url.base_path, settings.app),
         body: Bytes::from(b.to_string()),
         stream: true,

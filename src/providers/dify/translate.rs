@@ -226,6 +226,7 @@ impl Translator {
                         prompt_tokens: prompt,
                         completion_tokens: completion,
                         total_tokens: total,
+                        cached_tokens: 0,
                     },
                     out,
                 );
@@ -261,6 +262,7 @@ impl Translator {
                                 prompt_tokens: total,
                                 completion_tokens: 0,
                                 total_tokens: total,
+                                cached_tokens: 0,
                             },
                             out,
                         );
@@ -363,7 +365,7 @@ mod tests {
         let out = same_at_every_split(DifyApp::Chat, false, None, CHAT);
         assert_eq!(
             out,
-            r#"[Text("你好"), Ping, Text(", world"), Text("\n![image](https://dify.example/files/x.png?sig=1)\n"), Finish { reason: "stop", usage: Usage { prompt_tokens: 10, completion_tokens: 5, total_tokens: 15 } }]"#
+            r#"[Text("你好"), Ping, Text(", world"), Text("\n![image](https://dify.example/files/x.png?sig=1)\n"), Finish { reason: "stop", usage: Usage { prompt_tokens: 10, completion_tokens: 5, total_tokens: 15, cached_tokens: 0 } }]"#
         );
         let (_, tr) = run(DifyApp::Chat, false, None, &[CHAT.as_bytes()]);
         assert_eq!(tr.id.as_deref(), Some("chatcmpl-m-1"));
@@ -377,7 +379,7 @@ mod tests {
         let out = same_at_every_split(DifyApp::Agent, true, None, AGENT);
         assert_eq!(
             out,
-            r#"[Text("Let me check."), Reasoning("I should search"), Reasoning("\n[search] 3 results\n"), Text(" Done."), Finish { reason: "stop", usage: Usage { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 } }]"#
+            r#"[Text("Let me check."), Reasoning("I should search"), Reasoning("\n[search] 3 results\n"), Text(" Done."), Finish { reason: "stop", usage: Usage { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7, cached_tokens: 0 } }]"#
         );
         let out = same_at_every_split(DifyApp::Agent, false, None, AGENT);
         assert!(
@@ -391,7 +393,7 @@ mod tests {
         let out = same_at_every_split(DifyApp::Workflow, false, Some("plan"), WORKFLOW);
         assert_eq!(
             out,
-            r#"[Text("为了"), Text("美丽"), Finish { reason: "stop", usage: Usage { prompt_tokens: 42, completion_tokens: 0, total_tokens: 42 } }]"#
+            r#"[Text("为了"), Text("美丽"), Finish { reason: "stop", usage: Usage { prompt_tokens: 42, completion_tokens: 0, total_tokens: 42, cached_tokens: 0 } }]"#
         );
         let (_, tr) = run(DifyApp::Workflow, false, None, &[WORKFLOW.as_bytes()]);
         assert_eq!(tr.id.as_deref(), Some("chatcmpl-r-1"));

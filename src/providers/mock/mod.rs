@@ -58,6 +58,7 @@ impl Provider for Mock<'_> {
         let body =
             super::openai::build_body_with_model(target, req, system.as_deref(), model, cx.drop);
         Ok(UpstreamCall {
+            headers: Vec::new(),
             path: String::new(),
             body: Bytes::from(body),
             stream: req.stream,

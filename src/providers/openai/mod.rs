@@ -4,6 +4,7 @@
 //! as it is.
 
 pub mod errors;
+pub mod stream;
 
 use super::{BuildCx, Operation, Provider, UpstreamCall};
 use crate::config::{Provider as ProviderConfig, SystemPromptMode, Target};
@@ -205,6 +206,7 @@ pub fn build_call(
 ) -> Result<UpstreamCall, GatewayError> {
     let body = build_body(target, req, system, drop)?;
     Ok(UpstreamCall {
+        headers: Vec::new(),
         path: format!("{}/chat/completions", target.provider.url.base_path),
         body: Bytes::from(body),
         stream: req.stream,

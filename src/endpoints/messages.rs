@@ -1,0 +1,123 @@
+//! `POST /v1/messages` and `POST /v1/messages/count_tokens`: the Anthropic Messages API as a
+//! second front door. The request is authenticated (`x-api-key` or a bearer token), translated
+//! into the gateway's chat request (`protocol::anthropic::request`) and then served exactly as a
+//! chat request is — scenario, features, limits, cache, routing — with answers and errors
+//! written in Anthropic's shape (`downstream::Dialect::Anthropic`).
+
+use crate::cache::Entry;
+use crate::downstream::{self, RequestCtx};
+use crate::error::GatewayError;
+use crate::filters::auth;
+use crate::protocol::anthropic::{self, encode::MessagesWriter};
+use crate::protocol::request::NativeMessages;
+use crate::protocol::ChatRequest;
+use crate::state::Shared;
+use bytes::{Bytes, BytesMut};
+use pingora::protocols::http::ServerSession as Session;
+use serde_json::{json, Value};
+
+/// The client's key: `x-api-key` (what Anthropic SDKs send), else `Authorization: Bearer`.
+fn authorization(session: &Session) -> Option<Vec<u8>> {
+    match session.req_header().headers.get("x-api-key") {
+        Some(key) => {
+            let mut v = b"Bearer ".to_vec();
+            v.extend_from_slice(key.as_bytes());
+            Some(v)
+        }
+        None => downstream::authorization(session).map(<[u8]>::to_vec),
+    }
+}
+
+/// The translated request asks OpenAI-shaped upstreams for a stream with usage whatever the
+/// client asked: the answer is decoded and re-encoded, and the final `message_delta` needs
+/// real usage.
+fn streamed(converted: Vec<u8>) -> Result<Vec<u8>, GatewayError> {
+    let mut v: Value = serde_json::from_slice(&converted)
+        .map_err(|e| GatewayError::Internal(format!("translated request: {e}")))?;
+    if let Value::Object(m) = &mut v {
+        m.insert("stream".into(), Value::Bool(true));
+        m.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    serde_json::to_vec(&v).map_err(|e| GatewayError::Internal(format!("translated request: {e}")))
+}
+
+fn client_streams(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct View {
+        #[serde(default)]
+        stream: Option<bool>,
+    }
+    serde_json::from_slice::<View>(body)
+        .ok()
+        .and_then(|v| v.stream)
+        .unwrap_or(false)
+}
+
+pub async fn handle(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<(), GatewayError> {
+    let state = shared.snapshot();
+    let config = &state.config;
+    let key = authorization(session);
+    let client = auth::authenticate(config, key.as_deref())?;
+    ctx.client = client.map(|c| c.name.clone());
+    let hints = super::chat::hints(session);
+    let body = downstream::read_body(session, config.max_body).await?;
+    let converted = streamed(anthropic::to_openai(&body)?)?;
+    let mut req = ChatRequest::parse(&converted, &hints)?;
+    req.stream = client_streams(&body);
+    req.include_usage = true;
+    req.native = Some(NativeMessages {
+        body: body.clone(),
+        beta: downstream::header(session, "anthropic-beta").map(str::to_owned),
+    });
+    super::chat::serve(shared, session, ctx, config, client, req, &hints, body).await
+}
+
+/// `count_tokens`: the gateway's own prompt estimate (the one limits use); no upstream call.
+pub async fn count_tokens(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<(), GatewayError> {
+    let state = shared.snapshot();
+    let config = &state.config;
+    let key = authorization(session);
+    let client = auth::authenticate(config, key.as_deref())?;
+    ctx.client = client.map(|c| c.name.clone());
+    let body = downstream::read_body(session, config.max_body).await?;
+    let n = anthropic::estimate_input_tokens(&body)?;
+    let out = json!({"input_tokens": n}).to_string();
+    let _ = downstream::write_json(session, ctx, 200, Bytes::from(out)).await;
+    Ok(())
+}
+
+/// A cached answer in Anthropic's shape: one `message`, or its events replayed.
+pub fn render(entry: &Entry, req: &ChatRequest) -> Bytes {
+    let a = &entry.answer;
+    if !req.stream {
+        return anthropic::encode::message(
+            &entry.id,
+            &a.model,
+            &a.content,
+            &a.reasoning,
+            &[],
+            &a.finish_reason,
+            None,
+            a.usage,
+        );
+    }
+    let mut w = MessagesWriter::new(entry.id.clone(), a.model.clone());
+    let mut out = BytesMut::new();
+    w.start(a.usage.prompt_tokens, &mut out);
+    if !a.reasoning.is_empty() {
+        w.thinking(&a.reasoning, &mut out);
+    }
+    if !a.content.is_empty() {
+        w.text(&a.content, &mut out);
+    }
+    w.finish(&a.finish_reason, None, a.usage, &mut out);
+    out.freeze()
+}

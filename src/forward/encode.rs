@@ -1,0 +1,183 @@
+//! The client's dialect of a translated answer: neutral events written as OpenAI chunks (or one
+//! `chat.completion`), or as Anthropic Messages events (or one `message`). The translated relay
+//! talks only to [`Encoder`], so one relay serves every (upstream, client) pair.
+
+use crate::downstream::Dialect;
+use crate::error::GatewayError;
+use crate::protocol::anthropic::encode::{self as messages, MessagesWriter};
+use crate::protocol::chunks::{ChunkWriter, ToolCallPiece, Usage};
+use crate::protocol::SSE_DONE;
+use bytes::{Bytes, BytesMut};
+
+pub enum Encoder {
+    OpenAi(ChunkWriter),
+    Anthropic {
+        writer: MessagesWriter,
+        model: String,
+        created: u64,
+        /// Prompt tokens as the gateway estimates them: `message_start` needs a count before
+        /// the upstream reports one.
+        input_estimate: u64,
+    },
+}
+
+impl Encoder {
+    pub fn new(dialect: Dialect, model: String, include_usage: bool, input_estimate: u64) -> Self {
+        match dialect {
+            Dialect::OpenAi => Encoder::OpenAi(ChunkWriter {
+                id: String::new(),
+                created: 0,
+                model,
+                include_usage,
+            }),
+            Dialect::Anthropic => Encoder::Anthropic {
+                writer: MessagesWriter::new(String::new(), model.clone()),
+                model,
+                created: 0,
+                input_estimate,
+            },
+        }
+    }
+
+    /// The answer's id and creation time, known once the upstream answered.
+    pub fn set_origin(&mut self, id: String, at: u64) {
+        match self {
+            Encoder::OpenAi(w) => {
+                w.id = id;
+                w.created = at;
+            }
+            Encoder::Anthropic {
+                writer,
+                model,
+                created,
+                ..
+            } => {
+                *writer = MessagesWriter::new(id, model.clone());
+                *created = at;
+            }
+        }
+    }
+
+    pub fn model(&self) -> &str {
+        match self {
+            Encoder::OpenAi(w) => &w.model,
+            Encoder::Anthropic { model, .. } => model,
+        }
+    }
+
+    pub fn created(&self) -> u64 {
+        match self {
+            Encoder::OpenAi(w) => w.created,
+            Encoder::Anthropic { created, .. } => *created,
+        }
+    }
+
+    /// The first bytes of a stream: the role chunk, or `message_start`.
+    pub fn begin(&mut self, out: &mut BytesMut) {
+        match self {
+            Encoder::OpenAi(w) => out.extend_from_slice(&w.role()),
+            Encoder::Anthropic {
+                writer,
+                input_estimate,
+                ..
+            } => writer.start(*input_estimate, out),
+        }
+    }
+
+    pub fn text(&mut self, text: &str, out: &mut BytesMut) {
+        match self {
+            Encoder::OpenAi(w) => out.extend_from_slice(&w.content(text)),
+            Encoder::Anthropic { writer, .. } => writer.text(text, out),
+        }
+    }
+
+    pub fn reasoning(&mut self, text: &str, out: &mut BytesMut) {
+        match self {
+            Encoder::OpenAi(w) => out.extend_from_slice(&w.reasoning(text)),
+            Encoder::Anthropic { writer, .. } => writer.thinking(text, out),
+        }
+    }
+
+    pub fn tool_call(&mut self, piece: &ToolCallPiece, out: &mut BytesMut) {
+        match self {
+            Encoder::OpenAi(w) => out.extend_from_slice(&w.tool_call(piece)),
+            Encoder::Anthropic { writer, .. } => writer.tool_call(piece, out),
+        }
+    }
+
+    /// A keep-alive: an SSE comment, or Anthropic's `ping` event.
+    pub fn ping(&mut self, out: &mut BytesMut) {
+        match self {
+            Encoder::OpenAi(_) => out.extend_from_slice(b": ping\n\n"),
+            Encoder::Anthropic { writer, .. } => writer.ping(out),
+        }
+    }
+
+    /// The end of a stream: finish reason (and usage), then `[DONE]` or `message_stop`.
+    pub fn finish(
+        &mut self,
+        reason: &str,
+        stop_sequence: Option<&str>,
+        usage: Usage,
+        out: &mut BytesMut,
+    ) {
+        match self {
+            Encoder::OpenAi(w) => {
+                out.extend_from_slice(&w.finish(reason));
+                if w.include_usage {
+                    out.extend_from_slice(&w.usage(usage));
+                }
+                out.extend_from_slice(SSE_DONE);
+            }
+            Encoder::Anthropic { writer, .. } => writer.finish(reason, stop_sequence, usage, out),
+        }
+    }
+
+    /// A failure after the stream started: an error event, then the stream's end.
+    pub fn error(&mut self, err: &GatewayError, out: &mut BytesMut) {
+        match self {
+            Encoder::OpenAi(_) => {
+                out.extend_from_slice(&err.sse_event());
+                out.extend_from_slice(SSE_DONE);
+            }
+            Encoder::Anthropic { writer, .. } => writer.error(err, out),
+        }
+    }
+
+    /// A whole non-stream answer.
+    pub fn completion(
+        &self,
+        content: &str,
+        reasoning: &str,
+        tool_calls: &[ToolCallPiece],
+        reason: &str,
+        stop_sequence: Option<&str>,
+        usage: Usage,
+    ) -> Bytes {
+        match self {
+            Encoder::OpenAi(w) => w.completion(content, reasoning, tool_calls, reason, usage),
+            Encoder::Anthropic { writer, model, .. } => {
+                let calls: Vec<(String, String, String)> = tool_calls
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.id.clone().unwrap_or_default(),
+                            c.name.clone().unwrap_or_default(),
+                            c.arguments.clone(),
+                        )
+                    })
+                    .collect();
+                messages::message(
+                    writer.id(),
+                    model,
+                    content,
+                    reasoning,
+                    &calls,
+                    reason,
+                    stop_sequence,
+                    usage,
+                )
+            }
+        }
+    }
+}
