@@ -4,15 +4,15 @@
 //! chat request is — scenario, features, limits, cache, routing — with answers and errors
 //! written in Anthropic's shape (`downstream::Dialect::Anthropic`).
 
-use crate::cache::Entry;
+use super::pipeline;
 use crate::downstream::{self, RequestCtx};
 use crate::error::GatewayError;
 use crate::filters::auth;
-use crate::protocol::anthropic::{self, encode::MessagesWriter};
+use crate::protocol::anthropic;
 use crate::protocol::request::NativeMessages;
 use crate::protocol::ChatRequest;
 use crate::state::Shared;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use pingora::protocols::http::ServerSession as Session;
 use serde_json::{json, Value};
 
@@ -63,7 +63,7 @@ pub async fn handle(
     let key = authorization(session);
     let client = auth::authenticate(config, key.as_deref())?;
     ctx.client = client.map(|c| c.name.clone());
-    let hints = super::chat::hints(session);
+    let hints = pipeline::hints(session);
     let body = downstream::read_body(session, config.max_body).await?;
     let converted = streamed(anthropic::to_openai(&body)?)?;
     let mut req = ChatRequest::parse(&converted, &hints)?;
@@ -73,7 +73,7 @@ pub async fn handle(
         body: body.clone(),
         beta: downstream::header(session, "anthropic-beta").map(str::to_owned),
     });
-    super::chat::serve(shared, session, ctx, config, client, req, &hints, body).await
+    pipeline::serve(shared, session, ctx, config, client, req, &hints, body).await
 }
 
 /// `count_tokens`: the gateway's own prompt estimate (the one limits use); no upstream call.
@@ -92,32 +92,4 @@ pub async fn count_tokens(
     let out = json!({"input_tokens": n}).to_string();
     let _ = downstream::write_json(session, ctx, 200, Bytes::from(out)).await;
     Ok(())
-}
-
-/// A cached answer in Anthropic's shape: one `message`, or its events replayed.
-pub fn render(entry: &Entry, req: &ChatRequest) -> Bytes {
-    let a = &entry.answer;
-    if !req.stream {
-        return anthropic::encode::message(
-            &entry.id,
-            &a.model,
-            &a.content,
-            &a.reasoning,
-            &[],
-            &a.finish_reason,
-            None,
-            a.usage,
-        );
-    }
-    let mut w = MessagesWriter::new(entry.id.clone(), a.model.clone());
-    let mut out = BytesMut::new();
-    w.start(a.usage.prompt_tokens, &mut out);
-    if !a.reasoning.is_empty() {
-        w.thinking(&a.reasoning, &mut out);
-    }
-    if !a.content.is_empty() {
-        w.text(&a.content, &mut out);
-    }
-    w.finish(&a.finish_reason, None, a.usage, &mut out);
-    out.freeze()
 }

@@ -4,3 +4,4 @@
 pub mod chat;
 pub mod messages;
 pub mod models;
+pub mod pipeline;

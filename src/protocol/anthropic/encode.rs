@@ -386,6 +386,33 @@ pub fn message(
     Bytes::from(v.to_string())
 }
 
+/// A stored answer replayed in Anthropic's shape: one `message`, or its events.
+pub fn replay(a: &crate::protocol::Answer, id: &str, stream: bool) -> Bytes {
+    if !stream {
+        return message(
+            id,
+            &a.model,
+            &a.content,
+            &a.reasoning,
+            &[],
+            &a.finish_reason,
+            None,
+            a.usage,
+        );
+    }
+    let mut w = MessagesWriter::new(id.to_owned(), a.model.clone());
+    let mut out = BytesMut::new();
+    w.start(a.usage.prompt_tokens, &mut out);
+    if !a.reasoning.is_empty() {
+        w.thinking(&a.reasoning, &mut out);
+    }
+    if !a.content.is_empty() {
+        w.text(&a.content, &mut out);
+    }
+    w.finish(&a.finish_reason, None, a.usage, &mut out);
+    out.freeze()
+}
+
 #[cfg(test)]
 #[path = "encode_tests.rs"]
 mod tests;
