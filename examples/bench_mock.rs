@@ -51,7 +51,7 @@ async fn dify() -> Response {
 }
 
 async fn chat(body: Bytes) -> Response {
-    let stream = body.windows(14).any(|w| w == b"\"stream\":true");
+    let stream = body.windows(13).any(|w| w == b"\"stream\":true");
     let (ct, text) = if stream {
         ("text/event-stream", STREAM)
     } else {
