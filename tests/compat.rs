@@ -394,19 +394,7 @@ async fn the_access_log_keeps_ids_out_and_logs_a_done_less_stream_as_ok() {
 }
 
 fn python() -> PathBuf {
-    let candidate = std::env::var_os("AI_GATEWAY_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
-    let ok = Command::new(&candidate)
-        .args(["-c", "import openai"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "no Python with the openai SDK at {}: run scripts/test.sh (it creates .venv), or set AI_GATEWAY_PYTHON",
-        candidate.display()
-    );
-    candidate
+    python_with("openai")
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -285,19 +285,7 @@ async fn system_prompt_mode_merges_or_replaces_the_clients_system_messages() {
 }
 
 fn python() -> PathBuf {
-    let candidate = std::env::var_os("AI_GATEWAY_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
-    let ok = Command::new(&candidate)
-        .args(["-c", "import openai, langchain_openai"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "no Python with openai and langchain-openai at {}: run scripts/test.sh (it creates .venv), or set AI_GATEWAY_PYTHON",
-        candidate.display()
-    );
-    candidate
+    python_with("openai, langchain_openai")
 }
 
 #[tokio::test(flavor = "multi_thread")]

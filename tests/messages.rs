@@ -397,19 +397,7 @@ async fn a_claude_target_gets_the_clients_own_request_and_allowed_betas() {
 }
 
 fn python() -> PathBuf {
-    let candidate = std::env::var_os("AI_GATEWAY_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
-    let ok = Command::new(&candidate)
-        .args(["-c", "import anthropic"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "no Python with the anthropic SDK at {}: run scripts/test.sh (it creates .venv), or set AI_GATEWAY_PYTHON",
-        candidate.display()
-    );
-    candidate
+    python_with("anthropic")
 }
 
 #[tokio::test(flavor = "multi_thread")]

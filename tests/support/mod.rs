@@ -628,3 +628,23 @@ pub async fn get_json(url: String, key: &str) -> Value {
         .await
         .unwrap()
 }
+
+/// A Python that can `import <modules>` (comma-separated): `$AI_GATEWAY_PYTHON`, else the
+/// `.venv` that `scripts/test.sh` creates. Without one the test fails saying how to get it.
+pub fn python_with(modules: &str) -> std::path::PathBuf {
+    let candidate = std::env::var_os("AI_GATEWAY_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")
+        });
+    let ok = std::process::Command::new(&candidate)
+        .args(["-c", &format!("import {modules}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "no Python with {modules} at {}: run scripts/test.sh (it creates .venv), or set AI_GATEWAY_PYTHON",
+        candidate.display()
+    );
+    candidate
+}
