@@ -5,6 +5,7 @@
 //! written in Anthropic's shape (`downstream::Dialect::Anthropic`).
 
 use super::pipeline;
+use crate::config::{Client, Config};
 use crate::downstream::{self, RequestCtx};
 use crate::error::GatewayError;
 use crate::filters::auth;
@@ -16,7 +17,17 @@ use bytes::Bytes;
 use pingora::protocols::http::ServerSession as Session;
 use serde_json::{json, Value};
 
-/// The client's key: `x-api-key` (what Anthropic SDKs send), else `Authorization: Bearer`.
+/// The client, by its key in `x-api-key` (what Anthropic SDKs send) or a bearer token.
+fn authenticate<'c>(
+    config: &'c Config,
+    session: &Session,
+    ctx: &mut RequestCtx,
+) -> Result<Option<&'c Client>, GatewayError> {
+    let client = auth::authenticate(config, authorization(session).as_deref())?;
+    ctx.client = client.map(|c| c.name.clone());
+    Ok(client)
+}
+
 fn authorization(session: &Session) -> Option<Vec<u8>> {
     match session.req_header().headers.get("x-api-key") {
         Some(key) => {
@@ -60,9 +71,7 @@ pub async fn handle(
 ) -> Result<(), GatewayError> {
     let state = shared.snapshot();
     let config = &state.config;
-    let key = authorization(session);
-    let client = auth::authenticate(config, key.as_deref())?;
-    ctx.client = client.map(|c| c.name.clone());
+    let client = authenticate(config, session, ctx)?;
     let hints = pipeline::hints(session);
     let body = downstream::read_body(session, config.max_body).await?;
     let converted = streamed(anthropic::to_openai(&body)?)?;
@@ -84,9 +93,7 @@ pub async fn count_tokens(
 ) -> Result<(), GatewayError> {
     let state = shared.snapshot();
     let config = &state.config;
-    let key = authorization(session);
-    let client = auth::authenticate(config, key.as_deref())?;
-    ctx.client = client.map(|c| c.name.clone());
+    authenticate(config, session, ctx)?;
     let body = downstream::read_body(session, config.max_body).await?;
     let n = anthropic::estimate_input_tokens(&body)?;
     let out = json!({"input_tokens": n}).to_string();

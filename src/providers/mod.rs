@@ -281,6 +281,23 @@ impl Decoder {
     }
 }
 
+/// The model a call names upstream: the target's, else the client's (a 400 when neither).
+pub fn upstream_model<'a>(
+    target: &'a Target,
+    req: &'a ChatRequest,
+) -> Result<&'a str, GatewayError> {
+    target
+        .model
+        .as_deref()
+        .or(req.model.as_deref())
+        .ok_or_else(|| {
+            GatewayError::invalid_request(
+                "`model` is required: this target has no upstream model configured",
+                Some("model"),
+            )
+        })
+}
+
 /// Renders the target's system prompt for this request, if it has one.
 pub fn render_system_prompt(
     config: &Config,

@@ -180,16 +180,7 @@ pub fn build_body(
     system: Option<&str>,
     drop: Features,
 ) -> Result<Vec<u8>, GatewayError> {
-    let model = target
-        .model
-        .as_deref()
-        .or(req.model.as_deref())
-        .ok_or_else(|| {
-            invalid(
-                "`model` is required: this target has no upstream model configured".into(),
-                "model",
-            )
-        })?;
+    let model = crate::providers::upstream_model(target, req)?;
     let fields = Fields::new(target, req, drop);
     for (key, why) in RESERVED {
         if fields.get(key).is_some() {

@@ -66,16 +66,7 @@ pub fn build_body(
     system: Option<&str>,
     drop: Features,
 ) -> Result<Vec<u8>, GatewayError> {
-    let model = target
-        .model
-        .as_deref()
-        .or(req.model.as_deref())
-        .ok_or_else(|| {
-            GatewayError::invalid_request(
-                "`model` is required: this target has no upstream model configured",
-                Some("model"),
-            )
-        })?;
+    let model = super::upstream_model(target, req)?;
     Ok(build_body_with_model(target, req, system, model, drop))
 }
 
