@@ -1,7 +1,7 @@
 //! A fast, zero-delay OpenAI upstream for the bench harness (`bench/run.sh`): a fixed
 //! `chat.completion` for non-stream requests and a short SSE stream for `"stream": true`, and a
 //! Dify chat app (`/v1/chat-messages`) streaming one short answer, and Anthropic's Messages API
-//! (`/v1/messages`) streaming the same answer.
+//! (`/v1/messages`) with the same answer, streamed for `"stream": true` and whole otherwise.
 //!
 //! Usage: `bench_mock <port>`
 
@@ -36,10 +36,22 @@ const MESSAGES_STREAM: &str = concat!(
     "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
 );
 
-async fn messages() -> Response {
+/// The same answer as one Messages object.
+const MESSAGE: &str = r#"{"id":"msg_bench","type":"message","role":"assistant","model":"bench-model","content":[{"type":"text","text":"Hello! How can I help you today?"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":9,"output_tokens":9}}"#;
+
+fn asks_stream(body: &[u8]) -> bool {
+    body.windows(13).any(|w| w == b"\"stream\":true")
+}
+
+async fn messages(body: Bytes) -> Response {
+    let (ct, text) = if asks_stream(&body) {
+        ("text/event-stream", MESSAGES_STREAM)
+    } else {
+        ("application/json", MESSAGE)
+    };
     Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(Body::from(MESSAGES_STREAM))
+        .header("content-type", ct)
+        .body(Body::from(text))
         .unwrap_or_default()
 }
 
@@ -51,8 +63,7 @@ async fn dify() -> Response {
 }
 
 async fn chat(body: Bytes) -> Response {
-    let stream = body.windows(13).any(|w| w == b"\"stream\":true");
-    let (ct, text) = if stream {
+    let (ct, text) = if asks_stream(&body) {
         ("text/event-stream", STREAM)
     } else {
         ("application/json", ANSWER)

@@ -7,7 +7,7 @@ mod support;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::Command;
-use support::anthropic::{AnthropicKnobs, MockAnthropic, MOCK_KEY};
+use support::anthropic::{AnthropicKnobs, MockAnthropic, MOCK_KEY, SIGNATURE};
 use support::client::http;
 use support::dify::{key, MockDify, Mode};
 use support::*;
@@ -157,11 +157,15 @@ async fn every_target_kind_answers_in_anthropic_shape() {
             "{body}"
         );
     }
-    // The OpenAI upstream was asked for a stream with usage, whatever the client asked.
-    let sent = s.openai.last().json();
-    assert_eq!(sent["stream"], true);
-    assert_eq!(sent["stream_options"]["include_usage"], true);
-    assert_eq!(sent["max_tokens"], 100);
+    // The OpenAI upstream streams (with usage) when the client does, and answers whole when it
+    // does not: both are decoded into the client's shape.
+    let sent = s.openai.received();
+    let sent: Vec<Value> = sent[sent.len() - 2..].iter().map(|r| r.json()).collect();
+    assert_eq!(sent[0]["stream"], false, "{:?}", sent[0]);
+    assert_eq!(sent[0].get("stream_options"), None);
+    assert_eq!(sent[1]["stream"], true);
+    assert_eq!(sent[1]["stream_options"]["include_usage"], true);
+    assert_eq!(sent[1]["max_tokens"], 100);
     assert!(s.claude.count() >= 2 && !s.dify.calls().is_empty());
 }
 
@@ -387,13 +391,61 @@ async fn a_claude_target_gets_the_clients_own_request_and_allowed_betas() {
         json!({"user_id": "u-1"}),
         "the gateway's own keys are stripped"
     );
-    assert_eq!(v["stream"], true);
+    assert_eq!(v["stream"], false, "a whole answer, as the client asked");
     assert_eq!(
         sent.header("anthropic-beta").as_deref(),
         Some("prompt-caching-2024-07-31")
     );
     assert_eq!(sent.header("x-api-key").as_deref(), Some(MOCK_KEY));
     assert!(sent.header("authorization").is_none());
+}
+
+/// Claude's thinking signature reaches a Messages client, whole and streamed: without it the
+/// client could not send the thinking block back on its next turn.
+#[tokio::test(flavor = "multi_thread")]
+async fn thinking_keeps_its_signature_for_a_messages_client() {
+    let s = setup().await;
+    s.claude.set(|k| k.thinking = Some("Let me think.".into()));
+    let (status, _, body) = post(
+        &s.gw,
+        "/v1/messages",
+        Some("client-key"),
+        ask("via_claude", false),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let m: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        m["content"][0],
+        json!({"type": "thinking", "thinking": "Let me think.", "signature": SIGNATURE}),
+        "{body}"
+    );
+    assert_eq!(m["content"][1]["text"], "Claude says hello.");
+
+    let (status, _, body) = post(
+        &s.gw,
+        "/v1/messages",
+        Some("client-key"),
+        ask("via_claude", true),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let ev = events(&body);
+    let signatures: Vec<&Value> = ev
+        .iter()
+        .filter(|(n, d)| n == "content_block_delta" && d["delta"]["type"] == "signature_delta")
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(signatures.len(), 1, "{body}");
+    assert_eq!(signatures[0]["index"], 0);
+    assert_eq!(signatures[0]["delta"]["signature"], SIGNATURE);
+    // Both calls reached Claude as the client asked them.
+    let sent = s.claude.received();
+    let streams: Vec<Value> = sent[sent.len() - 2..]
+        .iter()
+        .map(|r| r.json()["stream"].clone())
+        .collect();
+    assert_eq!(streams, [json!(false), json!(true)]);
 }
 
 fn python() -> PathBuf {

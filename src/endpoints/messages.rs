@@ -15,7 +15,7 @@ use crate::protocol::ChatRequest;
 use crate::state::Shared;
 use bytes::Bytes;
 use pingora::protocols::http::ServerSession as Session;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// The client, by its key in `x-api-key` (what Anthropic SDKs send) or a bearer token.
 fn authenticate<'c>(
@@ -39,31 +39,6 @@ fn authorization(session: &Session) -> Option<Vec<u8>> {
     }
 }
 
-/// The translated request asks OpenAI-shaped upstreams for a stream with usage whatever the
-/// client asked: the answer is decoded and re-encoded, and the final `message_delta` needs
-/// real usage.
-fn streamed(converted: Vec<u8>) -> Result<Vec<u8>, GatewayError> {
-    let mut v: Value = serde_json::from_slice(&converted)
-        .map_err(|e| GatewayError::Internal(format!("translated request: {e}")))?;
-    if let Value::Object(m) = &mut v {
-        m.insert("stream".into(), Value::Bool(true));
-        m.insert("stream_options".into(), json!({"include_usage": true}));
-    }
-    serde_json::to_vec(&v).map_err(|e| GatewayError::Internal(format!("translated request: {e}")))
-}
-
-fn client_streams(body: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct View {
-        #[serde(default)]
-        stream: Option<bool>,
-    }
-    serde_json::from_slice::<View>(body)
-        .ok()
-        .and_then(|v| v.stream)
-        .unwrap_or(false)
-}
-
 pub async fn handle(
     shared: &Shared,
     session: &mut Session,
@@ -74,10 +49,10 @@ pub async fn handle(
     let client = authenticate(config, session, ctx)?;
     let hints = pipeline::hints(session);
     let body = downstream::read_body(session, config.max_body).await?;
-    let converted = streamed(anthropic::to_openai(&body)?)?;
+    // The chat request streams when the client does, with usage asked for: the final
+    // `message_delta` needs real usage.
+    let converted = anthropic::to_openai(&body)?;
     let mut req = ChatRequest::parse(&converted, &hints)?;
-    req.stream = client_streams(&body);
-    req.include_usage = true;
     req.native = Some(NativeMessages {
         body: body.clone(),
         beta: downstream::header(session, "anthropic-beta").map(str::to_owned),

@@ -145,7 +145,9 @@ pub async fn run(
             guard: &mut *guard,
         };
         if let Some(decoder) = call.decoder.take() {
-            if !is_sse {
+            // A call that asked for a whole answer may still get a stream: both are decoded.
+            let whole = !is_sse && !call.stream;
+            if !is_sse && !whole {
                 let ct = conn
                     .header("content-type")
                     .unwrap_or("no content type")
@@ -162,7 +164,7 @@ pub async fn run(
             // Boxed: the translated relay's future is the largest of the relays, and inline it
             // would be copied with every attempt, translated or not.
             return Box::pin(translated::relay(
-                &mut a, session, ctx, conn, decoder, client,
+                &mut a, session, ctx, conn, decoder, client, whole,
             ))
             .await;
         }

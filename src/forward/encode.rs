@@ -98,6 +98,13 @@ impl Encoder {
         }
     }
 
+    /// The reasoning's signature: only Anthropic clients have a place for it.
+    pub fn signature(&mut self, sig: &str, out: &mut BytesMut) {
+        if let Encoder::Anthropic { writer, .. } = self {
+            writer.signature(sig, out);
+        }
+    }
+
     pub fn tool_call(&mut self, piece: &ToolCallPiece, out: &mut BytesMut) {
         match self {
             Encoder::OpenAi(w) => out.extend_from_slice(&w.tool_call(piece)),
@@ -148,14 +155,14 @@ impl Encoder {
     pub fn completion(
         &self,
         content: &str,
-        reasoning: &str,
+        thinking: (&str, &str),
         tool_calls: &[ToolCallPiece],
         reason: &str,
         stop_sequence: Option<&str>,
         usage: Usage,
     ) -> Bytes {
         match self {
-            Encoder::OpenAi(w) => w.completion(content, reasoning, tool_calls, reason, usage),
+            Encoder::OpenAi(w) => w.completion(content, thinking.0, tool_calls, reason, usage),
             Encoder::Anthropic { writer, model, .. } => {
                 let calls: Vec<(String, String, String)> = tool_calls
                     .iter()
@@ -171,7 +178,7 @@ impl Encoder {
                     writer.id(),
                     model,
                     content,
-                    reasoning,
+                    thinking,
                     &calls,
                     reason,
                     stop_sequence,

@@ -7,15 +7,15 @@
 use super::encode::Encoder;
 use super::failure::{fail, Failure, Outcome};
 use super::relay::Attempt;
-use super::wait::{next, Step};
+use super::wait::{client_gone, next, Step};
 use super::Job;
 use crate::downstream::{self, Dialect, RequestCtx};
-use crate::error::GatewayError;
+use crate::error::{sanitize, GatewayError};
 use crate::protocol::chunks::{ToolCallPiece, Usage};
 use crate::protocol::sse::SseParser;
 use crate::protocol::Answer;
 use crate::providers::{Decoder, Event};
-use crate::upstream::{self, Conn};
+use crate::upstream::{self, Conn, ReadError};
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession as Session;
@@ -49,9 +49,12 @@ impl ClientView {
             include_usage: job.req.include_usage,
             stream: job.req.stream,
             dialect,
+            // Only a streamed Anthropic answer needs it, before the upstream's count.
             input_estimate: match dialect {
-                Dialect::OpenAi => 0,
-                Dialect::Anthropic => crate::limits::prompt_tokens(&job.req.messages),
+                Dialect::Anthropic if job.req.stream => {
+                    crate::limits::prompt_tokens(&job.req.messages)
+                }
+                _ => 0,
             },
         }
     }
@@ -66,6 +69,8 @@ struct Out<'a> {
     headers_sent: bool,
     content: String,
     reasoning: String,
+    /// The thinking's signature, for a non-stream answer.
+    signature: String,
     /// Whole tool calls, for a non-stream answer.
     tool_calls: Vec<ToolCallPiece>,
     /// The answer grew past MAX_RESPONSE: no longer kept (a non-stream answer fails).
@@ -128,6 +133,7 @@ pub async fn relay(
     mut up: Conn,
     mut decoder: Decoder,
     client: ClientView,
+    whole: bool,
 ) -> Result<(), Failure> {
     let enc = Encoder::new(
         client.dialect,
@@ -142,6 +148,7 @@ pub async fn relay(
         headers_sent: false,
         content: String::new(),
         reasoning: String::new(),
+        signature: String::new(),
         tool_calls: Vec::new(),
         overflow: false,
         uncacheable: false,
@@ -149,7 +156,12 @@ pub async fn relay(
         ctx,
     };
     let mut header: Option<ResponseHeader> = None;
-    match read_loop(a, session, &mut out, &mut up, &mut decoder, &mut header).await {
+    let read = if whole {
+        read_whole(a, session, &mut out, &mut up, &mut decoder).await
+    } else {
+        read_loop(a, session, &mut out, &mut up, &mut decoder, &mut header).await
+    };
+    match read {
         Ok(()) => {}
         Err(Stop::Return(r)) => return r,
         Err(Stop::Error { error, abandon }) => {
@@ -168,6 +180,10 @@ pub async fn relay(
         {
             out.ctx.status = 499;
         }
+    }
+    if whole {
+        a.release(up).await;
+        return Ok(());
     }
     // The client has its answer. The upstream closes the stream right after the terminal event
     // (or after trailing events); reading that end keeps the connection for the next request.
@@ -235,6 +251,68 @@ async fn read_loop(
         }
     }
     Ok(())
+}
+
+/// Reads a whole (non-stream) answer and decodes it into the same events as a stream; the
+/// client does not stream either, so nothing is written until the relay writes the answer.
+async fn read_whole(
+    a: &mut Attempt<'_>,
+    session: &mut Session,
+    out: &mut Out<'_>,
+    up: &mut Conn,
+    decoder: &mut Decoder,
+) -> Result<(), Stop> {
+    let times = a.times;
+    let t0 = Instant::now();
+    let read = tokio::select! {
+        r = upstream::read_all(up, times.first_token_deadline, times.idle, times.deadline, MAX_RESPONSE) => r,
+        _ = client_gone(session) => return Err(client_left(a, out, up, decoder).await),
+        _ = crate::lifecycle::deadline_passed(&mut out.ctx.drain) => {
+            up.shutdown().await;
+            return Err(Stop::Return(fail(GatewayError::ShuttingDown)));
+        }
+    };
+    out.ctx.upstream_wait += t0.elapsed();
+    let target = a.target;
+    let name = &target.provider.name;
+    let failed = match read {
+        Ok(body) => {
+            let mut items = Vec::new();
+            decoder.on_body(&body, &mut items);
+            let mut started = false;
+            let mut none = None;
+            for item in items {
+                if on_event(a, out, up, decoder, item, &mut started, &mut none).await? {
+                    return Ok(());
+                }
+            }
+            (
+                Outcome::StreamError,
+                GatewayError::UpstreamError(format!("provider {name}: the answer has no end")),
+            )
+        }
+        Err(ReadError::Timeout) => (
+            Outcome::Timeout,
+            GatewayError::UpstreamTimeout(format!(
+                "provider {name} did not finish its answer in time"
+            )),
+        ),
+        Err(ReadError::Io(e)) => (
+            Outcome::StreamError,
+            GatewayError::UpstreamError(format!(
+                "provider {name}: answer cut off: {}",
+                sanitize(&e)
+            )),
+        ),
+        Err(ReadError::TooLarge) => (
+            Outcome::StreamError,
+            GatewayError::UpstreamError(format!(
+                "provider {name}: answer larger than {MAX_RESPONSE} bytes"
+            )),
+        ),
+    };
+    up.shutdown().await;
+    Err(Stop::Return(a.failed(failed.0, failed.1)))
 }
 
 /// The next upstream bytes, or how the wait for them ended the answer.
@@ -377,6 +455,16 @@ async fn on_event(
             finish(a, out, up, decoder, reason, usage).await?;
             return Ok(true);
         }
+        Event::Signature(sig) => {
+            // A replayed answer could not carry it, and a thinking block sent back without
+            // it is refused upstream.
+            out.uncacheable = true;
+            if out.client_stream {
+                out.enc.signature(&sig, &mut out.pending);
+            } else {
+                out.signature.push_str(&sig);
+            }
+        }
         Event::StopSequence(s) => out.stop_sequence = Some(s),
         Event::Ping | Event::Error(_) => {}
     }
@@ -430,7 +518,7 @@ async fn finish(
     } else {
         let body = out.enc.completion(
             &content,
-            &out.reasoning,
+            (&out.reasoning, &out.signature),
             &out.tool_calls,
             reason,
             stop,

@@ -2,7 +2,7 @@
 //! one `id` / `created` / `model` for the whole response, and the aggregated `chat.completion`.
 
 use bytes::Bytes;
-use serde_json::{json, Value};
+use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -14,17 +14,31 @@ pub struct Usage {
     pub cached_tokens: u64,
 }
 
+/// Usage as OpenAI writes it.
+#[derive(Serialize)]
+struct UsageOut {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_tokens_details: Option<CachedOut>,
+}
+
+#[derive(Serialize)]
+struct CachedOut {
+    cached_tokens: u64,
+}
+
 impl Usage {
-    fn to_json(self) -> Value {
-        let mut v = json!({
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.total_tokens,
-        });
-        if self.cached_tokens > 0 {
-            v["prompt_tokens_details"] = json!({"cached_tokens": self.cached_tokens});
+    fn out(self) -> UsageOut {
+        UsageOut {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            total_tokens: self.total_tokens,
+            prompt_tokens_details: (self.cached_tokens > 0).then_some(CachedOut {
+                cached_tokens: self.cached_tokens,
+            }),
         }
-        v
     }
 }
 
@@ -63,64 +77,192 @@ pub struct ChunkWriter {
     pub include_usage: bool,
 }
 
+// The objects are written through typed views rather than `json!` trees: one buffer per
+// chunk instead of a map, a key and a value allocated per field.
+
+#[derive(Serialize, Default)]
+struct DeltaOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<[ToolDeltaOut<'a>; 1]>,
+}
+
+#[derive(Serialize)]
+struct ToolDeltaOut<'a> {
+    index: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    function: FunctionOut<'a>,
+}
+
+#[derive(Serialize)]
+struct FunctionOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    arguments: &'a str,
+}
+
+#[derive(Serialize)]
+struct ChoiceOut<'a> {
+    index: u32,
+    delta: DeltaOut<'a>,
+    logprobs: (),
+    finish_reason: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct ChunkOut<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    system_fingerprint: (),
+    choices: &'a [ChoiceOut<'a>],
+    /// `Some(None)`: `"usage": null` (a content chunk of a stream that ends with usage).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Option<UsageOut>>,
+}
+
+#[derive(Serialize)]
+struct ToolCallOut<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: FunctionOut<'a>,
+}
+
+#[derive(Serialize)]
+struct MessageOut<'a> {
+    role: &'static str,
+    content: Option<&'a str>,
+    refusal: (),
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<ToolCallOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct WholeChoiceOut<'a> {
+    index: u32,
+    message: MessageOut<'a>,
+    logprobs: (),
+    finish_reason: &'a str,
+}
+
+#[derive(Serialize)]
+struct CompletionOut<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    system_fingerprint: (),
+    choices: [WholeChoiceOut<'a>; 1],
+    usage: UsageOut,
+}
+
+/// `data: <json>\n\n`.
+fn sse_data(v: &impl Serialize) -> Bytes {
+    let mut buf = Vec::with_capacity(256);
+    buf.extend_from_slice(b"data: ");
+    // Serializing these views into a Vec cannot fail (no maps with non-string keys, no I/O).
+    let _ = serde_json::to_writer(&mut buf, v);
+    buf.extend_from_slice(b"\n\n");
+    Bytes::from(buf)
+}
+
 impl ChunkWriter {
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> Bytes {
-        let mut c = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": null,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-        });
-        if self.include_usage {
-            c["usage"] = Value::Null;
-        }
-        Bytes::from(format!("data: {c}\n\n"))
+    fn chunk(&self, delta: DeltaOut<'_>, finish: Option<&str>) -> Bytes {
+        sse_data(&ChunkOut {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            system_fingerprint: (),
+            choices: &[ChoiceOut {
+                index: 0,
+                delta,
+                logprobs: (),
+                finish_reason: finish,
+            }],
+            usage: self.include_usage.then_some(None),
+        })
     }
 
     pub fn role(&self) -> Bytes {
-        self.chunk(json!({"role": "assistant", "content": ""}), None)
+        self.chunk(
+            DeltaOut {
+                role: Some("assistant"),
+                content: Some(""),
+                ..Default::default()
+            },
+            None,
+        )
     }
 
     pub fn content(&self, text: &str) -> Bytes {
-        self.chunk(json!({"content": text}), None)
+        self.chunk(
+            DeltaOut {
+                content: Some(text),
+                ..Default::default()
+            },
+            None,
+        )
     }
 
     pub fn reasoning(&self, text: &str) -> Bytes {
-        self.chunk(json!({"reasoning_content": text}), None)
+        self.chunk(
+            DeltaOut {
+                reasoning_content: Some(text),
+                ..Default::default()
+            },
+            None,
+        )
     }
 
     /// A piece of a tool call: the first piece of a call carries its id and name, later ones
     /// only more of the arguments.
     pub fn tool_call(&self, piece: &ToolCallPiece) -> Bytes {
-        let mut call = json!({"index": piece.index, "function": {"arguments": piece.arguments}});
-        if let Some(id) = &piece.id {
-            call["id"] = Value::String(id.clone());
-            call["type"] = Value::String("function".into());
-        }
-        if let Some(name) = &piece.name {
-            call["function"]["name"] = Value::String(name.clone());
-        }
-        self.chunk(json!({"tool_calls": [call]}), None)
+        let call = ToolDeltaOut {
+            index: piece.index,
+            id: piece.id.as_deref(),
+            kind: piece.id.as_ref().map(|_| "function"),
+            function: FunctionOut {
+                name: piece.name.as_deref(),
+                arguments: &piece.arguments,
+            },
+        };
+        self.chunk(
+            DeltaOut {
+                tool_calls: Some([call]),
+                ..Default::default()
+            },
+            None,
+        )
     }
 
     pub fn finish(&self, reason: &str) -> Bytes {
-        self.chunk(json!({}), Some(reason))
+        self.chunk(DeltaOut::default(), Some(reason))
     }
 
     /// The usage chunk (only when the client asked with `stream_options.include_usage`).
     pub fn usage(&self, usage: Usage) -> Bytes {
-        let c = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": null,
-            "choices": [],
-            "usage": usage.to_json(),
-        });
-        Bytes::from(format!("data: {c}\n\n"))
+        sse_data(&ChunkOut {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            system_fingerprint: (),
+            choices: &[],
+            usage: Some(Some(usage.out())),
+        })
     }
 
     /// A whole non-stream answer; `tool_calls` are whole calls (pieces joined), in order.
@@ -132,44 +274,49 @@ impl ChunkWriter {
         finish: &str,
         usage: Usage,
     ) -> Bytes {
-        let mut message = json!({"role": "assistant", "content": content, "refusal": null});
-        if !reasoning.is_empty() {
-            message["reasoning_content"] = Value::String(reasoning.to_owned());
-        }
-        if !tool_calls.is_empty() {
-            if content.is_empty() {
-                message["content"] = Value::Null;
-            }
-            message["tool_calls"] = tool_calls
+        let message = MessageOut {
+            role: "assistant",
+            // Only tool calls: `content` is null, as OpenAI sends it.
+            content: (!content.is_empty() || tool_calls.is_empty()).then_some(content),
+            refusal: (),
+            reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
+            tool_calls: tool_calls
                 .iter()
-                .map(|c| {
-                    json!({
-                        "id": c.id.as_deref().unwrap_or_default(),
-                        "type": "function",
-                        "function": {
-                            "name": c.name.as_deref().unwrap_or_default(),
-                            "arguments": c.arguments,
-                        },
-                    })
+                .map(|c| ToolCallOut {
+                    id: c.id.as_deref().unwrap_or_default(),
+                    kind: "function",
+                    function: FunctionOut {
+                        name: Some(c.name.as_deref().unwrap_or_default()),
+                        arguments: &c.arguments,
+                    },
                 })
-                .collect();
-        }
-        let v = json!({
-            "id": self.id,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": null,
-            "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
-            "usage": usage.to_json(),
-        });
-        Bytes::from(v.to_string())
+                .collect(),
+        };
+        let v = CompletionOut {
+            id: &self.id,
+            object: "chat.completion",
+            created: self.created,
+            model: &self.model,
+            system_fingerprint: (),
+            choices: [WholeChoiceOut {
+                index: 0,
+                message,
+                logprobs: (),
+                finish_reason: finish,
+            }],
+            usage: usage.out(),
+        };
+        let mut buf = Vec::with_capacity(256 + content.len() + reasoning.len());
+        // As in `sse_data`: cannot fail.
+        let _ = serde_json::to_writer(&mut buf, &v);
+        Bytes::from(buf)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
 
     fn writer() -> ChunkWriter {
         ChunkWriter {

@@ -38,6 +38,9 @@ pub enum Operation {
 pub enum Event {
     Text(String),
     Reasoning(String),
+    /// The signature of the thinking so far (Anthropic): a Messages client must send it back
+    /// with the thinking block.
+    Signature(String),
     ToolCall(ToolCallPiece),
     /// The terminal event: finish reason and usage (integers always present).
     Finish {
@@ -242,6 +245,19 @@ impl Decoder {
             Decoder::Dify(d) => d.on_event(ev, out),
             Decoder::Anthropic(d) => d.on_event(ev, out),
             Decoder::OpenAi(d) => d.on_event(ev, out),
+        }
+    }
+
+    /// Turns a whole (non-stream) answer into the events its stream would have given, the
+    /// terminal one included.
+    pub fn on_body(&mut self, body: &[u8], out: &mut Vec<Event>) {
+        match self {
+            Decoder::Anthropic(d) => d.on_body(body, out),
+            Decoder::OpenAi(d) => d.on_body(body, out),
+            // Dify calls always stream (`build` never asks for a blocking answer).
+            Decoder::Dify(_) => out.push(Event::Error(GatewayError::UpstreamError(
+                "a Dify app answered with a whole body to a streaming call".into(),
+            ))),
         }
     }
 

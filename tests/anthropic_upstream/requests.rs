@@ -3,7 +3,7 @@
 use super::*;
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_call_has_the_key_in_x_api_key_the_version_and_always_streams() {
+async fn the_call_has_the_key_in_x_api_key_the_version_and_streams_when_the_client_does() {
     let s = setup(AnthropicKnobs::default()).await;
     for stream in [false, true] {
         let a = ask(&s.gw, "claude", stream, user("Hello")).send().await;
@@ -20,10 +20,15 @@ async fn the_call_has_the_key_in_x_api_key_the_version_and_always_streams() {
             "{:?}",
             r.headers
         );
-        assert_eq!(r.header("accept").as_deref(), Some("text/event-stream"));
+        let accept = if stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
+        assert_eq!(r.header("accept").as_deref(), Some(accept));
         assert_eq!(r.header("anthropic-beta"), None);
         let body = r.json();
-        assert_eq!(body["stream"], true, "stream={stream}: {body}");
+        assert_eq!(body["stream"], stream, "{body}");
         assert_eq!(body["model"], "claude-test", "{body}");
         assert_eq!(body["max_tokens"], 4096, "the default: {body}");
         assert_eq!(

@@ -27,8 +27,10 @@
 //! - `message_delta.usage.input_tokens` is the upstream's prompt count, or the count given to
 //!   `start` when the upstream reported none; tokens read from the prompt cache are
 //!   `cache_read_input_tokens` and not part of `input_tokens`, as in Anthropic's own usage.
-//! - Thinking blocks carry `"signature": ""`: the gateway has no Anthropic signature, and
-//!   clients sending the block back have it dropped by the request conversion.
+//! - Thinking blocks start with `"signature": ""`; an Anthropic upstream's signature follows as
+//!   a `signature_delta` (or fills `signature` in a whole message), so a client can send the
+//!   block back to Claude. Other upstreams have none, and a block sent back without one is
+//!   dropped by the request conversion.
 //! - Anthropic blocks are sequential: a later piece of an already closed tool call (providers
 //!   that interleave parallel calls) cannot be appended to it and opens a new block.
 //! - A tool call without an id gets `toolu_<message id>_<block index>`; one without a name gets
@@ -53,7 +55,8 @@
 use super::error;
 use crate::error::GatewayError;
 use crate::protocol::chunks::{ToolCallPiece, Usage};
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Serialize;
 use serde_json::{json, Value};
 
 /// The Anthropic `stop_reason` for an OpenAI `finish_reason`, and the `stop_sequence` to report
@@ -99,8 +102,13 @@ fn event(out: &mut BytesMut, kind: &str, data: &[u8]) {
     out.extend_from_slice(b"\n\n");
 }
 
-fn event_json(out: &mut BytesMut, kind: &str, data: &Value) {
-    event(out, kind, data.to_string().as_bytes());
+fn event_json(out: &mut BytesMut, kind: &str, data: &impl Serialize) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    // Serializing into memory cannot fail (no I/O, string keys only).
+    let _ = serde_json::to_writer(out.writer(), data);
+    out.extend_from_slice(b"\n\n");
 }
 
 /// The content block currently open.
@@ -205,12 +213,12 @@ impl MessagesWriter {
         }
     }
 
-    fn delta(&self, delta: Value, out: &mut BytesMut) {
-        let data = json!({
-            "type": "content_block_delta",
-            "index": self.blocks - 1,
-            "delta": delta,
-        });
+    fn delta(&self, delta: DeltaOut<'_>, out: &mut BytesMut) {
+        let data = DeltaEventOut {
+            kind: "content_block_delta",
+            index: self.blocks - 1,
+            delta,
+        };
         event_json(out, "content_block_delta", &data);
     }
 
@@ -222,7 +230,7 @@ impl MessagesWriter {
         if self.open != Some(Block::Text) {
             self.open_block(Block::Text, json!({"type": "text", "text": ""}), out);
         }
-        self.delta(json!({"type": "text_delta", "text": text}), out);
+        self.delta(DeltaOut::Text { text }, out);
     }
 
     /// A piece of the model's reasoning.
@@ -234,7 +242,19 @@ impl MessagesWriter {
             let block = json!({"type": "thinking", "thinking": "", "signature": ""});
             self.open_block(Block::Thinking, block, out);
         }
-        self.delta(json!({"type": "thinking_delta", "thinking": text}), out);
+        self.delta(DeltaOut::Thinking { thinking: text }, out);
+    }
+
+    /// The thinking block's signature (a block opens for it when none is open).
+    pub fn signature(&mut self, sig: &str, out: &mut BytesMut) {
+        if sig.is_empty() || !self.ready(out) {
+            return;
+        }
+        if self.open != Some(Block::Thinking) {
+            let block = json!({"type": "thinking", "thinking": "", "signature": ""});
+            self.open_block(Block::Thinking, block, out);
+        }
+        self.delta(DeltaOut::Signature { signature: sig }, out);
     }
 
     /// A piece of a tool call: the first piece of a call (another `index` or `id` than the
@@ -266,7 +286,9 @@ impl MessagesWriter {
             );
         }
         if !piece.arguments.is_empty() {
-            let delta = json!({"type": "input_json_delta", "partial_json": piece.arguments});
+            let delta = DeltaOut::InputJson {
+                partial_json: &piece.arguments,
+            };
             self.delta(delta, out);
         }
     }
@@ -300,7 +322,7 @@ impl MessagesWriter {
         let data = json!({
             "type": "message_delta",
             "delta": {"stop_reason": reason, "stop_sequence": sequence},
-            "usage": usage_json(input_tokens, usage),
+            "usage": usage_out(input_tokens, usage),
         });
         event_json(out, "message_delta", &data);
         event(out, "message_stop", br#"{"type":"message_stop"}"#);
@@ -318,14 +340,75 @@ impl MessagesWriter {
 
 /// Anthropic usage: `input_tokens` excludes what was read from the prompt cache, which is
 /// `cache_read_input_tokens` (written only when there was some).
-fn usage_json(prompt_tokens: u64, usage: Usage) -> Value {
+#[derive(Serialize)]
+struct UsageOut {
+    input_tokens: u64,
+    output_tokens: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_read_input_tokens: Option<u64>,
+}
+
+fn usage_out(prompt_tokens: u64, usage: Usage) -> UsageOut {
     let cached = usage.cached_tokens.min(prompt_tokens);
-    let mut u =
-        json!({"input_tokens": prompt_tokens - cached, "output_tokens": usage.completion_tokens});
-    if cached > 0 {
-        u["cache_read_input_tokens"] = json!(cached);
+    UsageOut {
+        input_tokens: prompt_tokens - cached,
+        output_tokens: usage.completion_tokens,
+        cache_read_input_tokens: (cached > 0).then_some(cached),
     }
-    u
+}
+
+// Written through typed views rather than `json!` trees: one buffer per object instead of a
+// map, a key and a value allocated per field.
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum BlockOut<'a> {
+    Thinking {
+        thinking: &'a str,
+        signature: &'a str,
+    },
+    Text {
+        text: &'a str,
+    },
+    ToolUse {
+        id: String,
+        name: &'a str,
+        input: Value,
+    },
+}
+
+#[derive(Serialize)]
+struct MessageOut<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    role: &'static str,
+    model: &'a str,
+    content: Vec<BlockOut<'a>>,
+    stop_reason: &'a str,
+    stop_sequence: Option<&'a str>,
+    usage: UsageOut,
+}
+
+#[derive(Serialize)]
+struct DeltaEventOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    index: usize,
+    delta: DeltaOut<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type")]
+enum DeltaOut<'a> {
+    #[serde(rename = "text_delta")]
+    Text { text: &'a str },
+    #[serde(rename = "thinking_delta")]
+    Thinking { thinking: &'a str },
+    #[serde(rename = "signature_delta")]
+    Signature { signature: &'a str },
+    #[serde(rename = "input_json_delta")]
+    InputJson { partial_json: &'a str },
 }
 
 /// A tool call's `input`: its arguments as a JSON object (see the module docs).
@@ -339,13 +422,14 @@ fn tool_input(arguments: &str) -> Value {
     }
 }
 
-/// A whole (non-stream) Anthropic `message`. `tool_calls` are `(id, name, arguments)`.
+/// A whole (non-stream) Anthropic `message`. `thinking` is the reasoning and its signature;
+/// `tool_calls` are `(id, name, arguments)`.
 #[allow(clippy::too_many_arguments)]
 pub fn message(
     id: &str,
     model: &str,
     content: &str,
-    reasoning: &str,
+    (reasoning, signature): (&str, &str),
     tool_calls: &[(String, String, String)],
     openai_reason: &str,
     stop_sequence: Option<&str>,
@@ -353,11 +437,14 @@ pub fn message(
 ) -> Bytes {
     let id = message_id(id);
     let mut blocks = Vec::with_capacity(2 + tool_calls.len());
-    if !reasoning.is_empty() {
-        blocks.push(json!({"type": "thinking", "thinking": reasoning, "signature": ""}));
+    if !reasoning.is_empty() || !signature.is_empty() {
+        blocks.push(BlockOut::Thinking {
+            thinking: reasoning,
+            signature,
+        });
     }
     if !content.is_empty() {
-        blocks.push(json!({"type": "text", "text": content}));
+        blocks.push(BlockOut::Text { text: content });
     }
     for (call_id, name, arguments) in tool_calls {
         let call_id = if call_id.is_empty() {
@@ -365,25 +452,27 @@ pub fn message(
         } else {
             call_id.clone()
         };
-        blocks.push(json!({
-            "type": "tool_use",
-            "id": call_id,
-            "name": name,
-            "input": tool_input(arguments),
-        }));
+        blocks.push(BlockOut::ToolUse {
+            id: call_id,
+            name,
+            input: tool_input(arguments),
+        });
     }
     let (reason, sequence) = stop_reason(openai_reason, stop_sequence);
-    let v = json!({
-        "id": id,
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": blocks,
-        "stop_reason": reason,
-        "stop_sequence": sequence,
-        "usage": usage_json(usage.prompt_tokens, usage),
-    });
-    Bytes::from(v.to_string())
+    let v = MessageOut {
+        id: &id,
+        kind: "message",
+        role: "assistant",
+        model,
+        content: blocks,
+        stop_reason: reason,
+        stop_sequence: sequence,
+        usage: usage_out(usage.prompt_tokens, usage),
+    };
+    let mut buf = Vec::with_capacity(256 + content.len() + reasoning.len());
+    // Serializing into a Vec cannot fail (no I/O, string keys only).
+    let _ = serde_json::to_writer(&mut buf, &v);
+    Bytes::from(buf)
 }
 
 /// A stored answer replayed in Anthropic's shape: one `message`, or its events.
@@ -393,7 +482,7 @@ pub fn replay(a: &crate::protocol::Answer, id: &str, stream: bool) -> Bytes {
             id,
             &a.model,
             &a.content,
-            &a.reasoning,
+            (&a.reasoning, ""),
             &[],
             &a.finish_reason,
             None,

@@ -336,7 +336,7 @@ fn whole_message_with_all_block_kinds() {
         "chatcmpl-9",
         "claude-x",
         "Here.",
-        "Thought.",
+        ("Thought.", "sig-1"),
         &calls,
         "tool_calls",
         None,
@@ -351,7 +351,7 @@ fn whole_message_with_all_block_kinds() {
             "role": "assistant",
             "model": "claude-x",
             "content": [
-                {"type": "thinking", "thinking": "Thought.", "signature": ""},
+                {"type": "thinking", "thinking": "Thought.", "signature": "sig-1"},
                 {"type": "text", "text": "Here."},
                 {"type": "tool_use", "id": "call_1", "name": "f", "input": {"a": 1}},
                 {"type": "tool_use", "id": "toolu_chatcmpl-9_3", "name": "g", "input": {}},
@@ -366,13 +366,31 @@ fn whole_message_with_all_block_kinds() {
 
 #[test]
 fn whole_message_skips_empty_parts_and_reports_the_stop_sequence() {
-    let b = message("msg_1", "m", "", "", &[], "stop", Some("###"), usage(1, 0));
+    let b = message(
+        "msg_1",
+        "m",
+        "",
+        ("", ""),
+        &[],
+        "stop",
+        Some("###"),
+        usage(1, 0),
+    );
     let v: Value = serde_json::from_slice(&b).unwrap();
     assert_eq!(v["id"], "msg_1");
     assert_eq!(v["content"], json!([]));
     assert_eq!(v["stop_reason"], "stop_sequence");
     assert_eq!(v["stop_sequence"], "###");
-    let b = message("1", "m", "hi", "", &[], "content_filter", None, usage(1, 1));
+    let b = message(
+        "1",
+        "m",
+        "hi",
+        ("", ""),
+        &[],
+        "content_filter",
+        None,
+        usage(1, 1),
+    );
     let v: Value = serde_json::from_slice(&b).unwrap();
     assert_eq!(v["content"], json!([{"type": "text", "text": "hi"}]));
     assert_eq!(v["stop_reason"], "refusal");

@@ -75,8 +75,8 @@ impl Provider for Anthropic<'_> {
         let Some(n) = &req.native else {
             return request::build_call(target, req, system.as_deref(), cx.drop);
         };
-        let mut call =
-            request::build_call_with(target, native::body(target, n, system.as_deref())?);
+        let body = native::body(target, n, system.as_deref(), req.stream)?;
+        let mut call = request::build_call_with(target, body, req.stream);
         if let Some(b) = native::beta(self.settings, n) {
             call.headers.push(("anthropic-beta", b));
         }
@@ -128,6 +128,10 @@ impl AnthropicStream {
 
     pub fn on_event(&mut self, ev: &SseEvent, out: &mut Vec<Event>) {
         self.tr.on_event(ev, out);
+    }
+
+    pub fn on_body(&mut self, body: &[u8], out: &mut Vec<Event>) {
+        self.tr.on_message(body, out);
     }
 
     pub fn meta(&self) -> StreamMeta<'_> {

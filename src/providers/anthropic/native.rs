@@ -1,7 +1,7 @@
 //! A `/v1/messages` request to an Anthropic target goes natively: the client's own Messages
 //! body, not a translation of its translation. Only what the gateway owns changes — the
 //! target's model, its system prompt, `params` under the client's values, the gateway's
-//! `metadata` keys removed, `stream: true` — so `thinking`, `cache_control`, `top_k` and signed
+//! `metadata` keys removed, `stream` as the client asked — so `thinking`, `cache_control`, `top_k` and signed
 //! thinking blocks reach Claude as the client sent them. `anthropic-beta` values are forwarded
 //! when the provider's `beta` allow-list names them; others are dropped.
 
@@ -15,6 +15,7 @@ pub fn body(
     target: &Target,
     native: &NativeMessages,
     system: Option<&str>,
+    stream: bool,
 ) -> Result<Vec<u8>, GatewayError> {
     let bad =
         |e: serde_json::Error| GatewayError::invalid_request(format!("request body: {e}"), None);
@@ -30,7 +31,7 @@ pub fn body(
             v.remove("metadata");
         }
     }
-    v.insert("stream".into(), Value::Bool(true));
+    v.insert("stream".into(), Value::Bool(stream));
     if let Some(prompt) = system.filter(|p| !p.trim().is_empty()) {
         let joined = match (target.system_prompt_mode, v.remove("system")) {
             (SystemPromptMode::Replace, _) | (_, None) => json!(prompt),
@@ -93,9 +94,10 @@ scenarios:
             beta: Some("prompt-caching-2024-07-31, other-beta".into()),
         };
         let v: Value =
-            serde_json::from_slice(&body(target, &native, Some("Gateway.")).unwrap()).unwrap();
+            serde_json::from_slice(&body(target, &native, Some("Gateway."), true).unwrap())
+                .unwrap();
         assert_eq!(v["model"], "claude-up");
-        assert_eq!(v["stream"], true);
+        assert_eq!(v["stream"], true, "the request's choice, not the body's");
         assert_eq!(v["max_tokens"], 10, "the client's value wins over params");
         assert_eq!(v["top_k"], 5);
         assert_eq!(v["thinking"]["budget_tokens"], 2000);

@@ -157,16 +157,18 @@ pub fn build_call(
     Ok(build_call_with(
         target,
         build_body(target, req, system, drop)?,
+        req.stream,
     ))
 }
 
-/// The streaming Messages call carrying `body`.
-pub fn build_call_with(target: &Target, body: Vec<u8>) -> UpstreamCall {
+/// The Messages call carrying `body`: streamed when the client streams, else one whole answer
+/// (fewer bytes to parse; it is decoded the same way).
+pub fn build_call_with(target: &Target, body: Vec<u8>, stream: bool) -> UpstreamCall {
     UpstreamCall {
         headers: Vec::new(),
         path: format!("{}/messages", target.provider.url.base_path),
         body: Bytes::from(body),
-        stream: true,
+        stream,
         decoder: Some(Decoder::Anthropic(AnthropicStream::new(
             &target.provider.name,
         ))),
@@ -220,7 +222,7 @@ pub fn build_body(
             .as_deref()
             .filter(|u| !u.is_empty())
             .map(|u| json!({"user_id": u})),
-        stream: true,
+        stream: req.stream,
     };
     let size = req.messages.iter().map(|m| m.get().len()).sum::<usize>() + 512;
     let mut out = Vec::with_capacity(size);

@@ -56,6 +56,8 @@ struct ContentBlockIn<'a> {
     text: Option<String>,
     #[serde(default)]
     thinking: Option<String>,
+    #[serde(default)]
+    signature: Option<String>,
     #[serde(borrow, default)]
     input: Option<&'a RawValue>,
 }
@@ -71,7 +73,11 @@ struct DeltaIn {
     #[serde(default)]
     partial_json: Option<String>,
     #[serde(default)]
+    signature: Option<String>,
+    #[serde(default)]
     stop_reason: Option<String>,
+    #[serde(default)]
+    stop_sequence: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -95,6 +101,27 @@ struct EventIn<'a> {
     content_block: Option<ContentBlockIn<'a>>,
     #[serde(default)]
     delta: Option<DeltaIn>,
+    #[serde(default)]
+    usage: Option<UsageIn>,
+    #[serde(default)]
+    error: Option<ErrorIn>,
+}
+
+/// A whole (non-stream) Messages answer, or an error body.
+#[derive(Deserialize)]
+struct WholeIn<'a> {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(borrow, default)]
+    content: Vec<ContentBlockIn<'a>>,
+    #[serde(default)]
+    stop_reason: Option<String>,
+    #[serde(default)]
+    stop_sequence: Option<String>,
     #[serde(default)]
     usage: Option<UsageIn>,
     #[serde(default)]
@@ -214,23 +241,10 @@ impl Translator {
             }
             "content_block_start" => self.block_start(v.index, v.content_block, out),
             "content_block_delta" => self.block_delta(v.index, v.delta, out),
-            "content_block_stop" => {
-                if let Some(Block::Tool { ordinal, sent }) = self.block(v.index) {
-                    if !*sent {
-                        // A call without arguments still has an (empty) object of them.
-                        *sent = true;
-                        let index = *ordinal;
-                        out.push(Out::ToolCall(ToolCallPiece {
-                            index,
-                            arguments: "{}".into(),
-                            ..Default::default()
-                        }));
-                    }
-                }
-            }
+            "content_block_stop" => self.block_stop(v.index, out),
             "message_delta" => {
-                if let Some(stop) = v.delta.and_then(|d| d.stop_reason) {
-                    self.stop_reason = Some(stop);
+                if let Some(d) = v.delta {
+                    self.stop(d.stop_reason, d.stop_sequence, out);
                 }
                 if let Some(u) = v.usage {
                     self.note_usage(u);
@@ -241,22 +255,82 @@ impl Translator {
             // as Anthropic is concerned.
             "message_stop" => self.finish(out),
             "ping" => out.push(Out::Ping),
-            "error" => {
-                self.finished = true;
-                let e = v.error.unwrap_or_default();
-                let kind = e.kind.as_deref().unwrap_or("api_error");
-                out.push(Out::Error(map_parts(
-                    &self.provider,
-                    status_of(kind),
-                    Some(kind),
-                    e.message
-                        .as_deref()
-                        .unwrap_or("the stream reported an error without a message"),
-                    None,
-                )));
-            }
+            "error" => self.error(v.error.unwrap_or_default(), out),
             _ => {}
         }
+    }
+
+    /// A whole Messages answer (the client did not stream): the same events its stream would
+    /// have given.
+    pub fn on_message(&mut self, body: &[u8], out: &mut Vec<Out>) {
+        if self.finished {
+            return;
+        }
+        let m = match serde_json::from_slice::<WholeIn>(body) {
+            Ok(m) => m,
+            Err(e) => {
+                self.finished = true;
+                out.push(Out::Error(crate::error::GatewayError::UpstreamError(
+                    format!(
+                        "provider {}: the answer is not a Messages object: {e}",
+                        self.provider
+                    ),
+                )));
+                return;
+            }
+        };
+        if m.kind.as_deref() == Some("error") {
+            return self.error(m.error.unwrap_or_default(), out);
+        }
+        self.id = m.id.map(|id| format!("chatcmpl-{id}"));
+        self.model = m.model;
+        for (i, b) in (0u32..).zip(m.content) {
+            self.block_start(Some(i), Some(b), out);
+            self.block_stop(Some(i), out);
+        }
+        if let Some(u) = m.usage {
+            self.note_usage(u);
+        }
+        self.stop(m.stop_reason, m.stop_sequence, out);
+        self.finish(out);
+    }
+
+    fn stop(&mut self, reason: Option<String>, sequence: Option<String>, out: &mut Vec<Out>) {
+        if let (Some("stop_sequence"), Some(seq)) = (reason.as_deref(), sequence) {
+            out.push(Out::StopSequence(seq));
+        }
+        if reason.is_some() {
+            self.stop_reason = reason;
+        }
+    }
+
+    fn block_stop(&mut self, index: Option<u32>, out: &mut Vec<Out>) {
+        if let Some(Block::Tool { ordinal, sent }) = self.block(index) {
+            if !*sent {
+                // A call without arguments still has an (empty) object of them.
+                *sent = true;
+                let index = *ordinal;
+                out.push(Out::ToolCall(ToolCallPiece {
+                    index,
+                    arguments: "{}".into(),
+                    ..Default::default()
+                }));
+            }
+        }
+    }
+
+    fn error(&mut self, e: ErrorIn, out: &mut Vec<Out>) {
+        self.finished = true;
+        let kind = e.kind.as_deref().unwrap_or("api_error");
+        out.push(Out::Error(map_parts(
+            &self.provider,
+            status_of(kind),
+            Some(kind),
+            e.message
+                .as_deref()
+                .unwrap_or("the stream reported an error without a message"),
+            None,
+        )));
     }
 
     fn block_start(&mut self, index: Option<u32>, b: Option<ContentBlockIn>, out: &mut Vec<Out>) {
@@ -273,6 +347,9 @@ impl Translator {
             "thinking" => {
                 if let Some(t) = b.thinking.filter(|t| !t.is_empty()) {
                     out.push(Out::Reasoning(t));
+                }
+                if let Some(sig) = b.signature.filter(|s| !s.is_empty()) {
+                    out.push(Out::Signature(sig));
                 }
                 Block::Thinking
             }
@@ -333,8 +410,13 @@ impl Translator {
                     }));
                 }
             }
-            // signature_delta (thinking signatures), citations_delta: not part of an OpenAI
-            // answer.
+            // What makes a thinking block valid when a Messages client sends it back.
+            Some("signature_delta") => {
+                if let Some(sig) = d.signature.filter(|s| !s.is_empty()) {
+                    out.push(Out::Signature(sig));
+                }
+            }
+            // citations_delta: not part of the neutral answer.
             _ => {}
         }
     }

@@ -116,7 +116,8 @@ fn thinking_text_and_a_tool_call() {
     assert_eq!(
         out,
         concat!(
-            r#"[Reasoning("The user wants Paris weather."), Ping, Text("Let me check "), Text("the weather in Paris, 巴黎."), "#,
+            r#"[Reasoning("The user wants Paris weather."), Signature("EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds"), "#,
+            r#"Ping, Text("Let me check "), Text("the weather in Paris, 巴黎."), "#,
             r#"ToolCall(ToolCallPiece { index: 0, id: Some("toolu_01T1x1fJ34qAmk2tNTrN7Up6"), name: Some("get_weather"), arguments: "" }), "#,
             r#"ToolCall(ToolCallPiece { index: 0, id: None, name: None, arguments: "{\"location\": \"Par" }), "#,
             r#"ToolCall(ToolCallPiece { index: 0, id: None, name: None, arguments: "is\"}" }), "#,
@@ -235,4 +236,60 @@ fn message_stop_ends_an_answer_without_message_delta_and_pings_pass() {
         format!("{out:?}"),
         r#"[Ping, Text("ok"), Finish { reason: "stop", usage: Usage { prompt_tokens: 3, completion_tokens: 1, total_tokens: 4, cached_tokens: 0 } }]"#
     );
+}
+
+#[test]
+fn a_stop_sequence_is_named_before_the_finish() {
+    let text = stream("stop_sequence", r#"{"output_tokens":5}"#)
+        .replace(r#""stop_sequence":null"#, r#""stop_sequence":"STOP""#);
+    let (out, _) = run(&[text.as_bytes()]);
+    let names: Vec<String> = out.iter().map(|o| format!("{o:?}")).collect();
+    assert_eq!(names[1], r#"StopSequence("STOP")"#, "{names:?}");
+    assert!(
+        names[2].starts_with(r#"Finish { reason: "stop""#),
+        "{names:?}"
+    );
+}
+
+/// A whole message gives the events its stream would: signed thinking, text, a tool call given
+/// whole and one without input, the stop sequence, usage with cache reads.
+#[test]
+fn a_whole_message_decodes_like_its_stream() {
+    let body = br#"{"id":"msg_06","type":"message","role":"assistant","model":"claude-x",
+        "content":[{"type":"thinking","thinking":"Hmm.","signature":"sig-6"},
+                   {"type":"text","text":"Sure."},
+                   {"type":"tool_use","id":"toolu_1","name":"f","input":{"a":1}},
+                   {"type":"tool_use","id":"toolu_2","name":"g","input":{}}],
+        "stop_reason":"stop_sequence","stop_sequence":"END",
+        "usage":{"input_tokens":5,"cache_read_input_tokens":10,"output_tokens":7}}"#;
+    let mut tr = Translator::new("claude");
+    let mut out = Vec::new();
+    tr.on_message(body, &mut out);
+    assert_eq!(
+        format!("{out:?}"),
+        concat!(
+            r#"[Reasoning("Hmm."), Signature("sig-6"), Text("Sure."), "#,
+            r#"ToolCall(ToolCallPiece { index: 0, id: Some("toolu_1"), name: Some("f"), arguments: "{\"a\":1}" }), "#,
+            r#"ToolCall(ToolCallPiece { index: 1, id: Some("toolu_2"), name: Some("g"), arguments: "" }), "#,
+            r#"ToolCall(ToolCallPiece { index: 1, id: None, name: None, arguments: "{}" }), "#,
+            r#"StopSequence("END"), "#,
+            r#"Finish { reason: "stop", usage: Usage { prompt_tokens: 15, completion_tokens: 7, total_tokens: 22, cached_tokens: 10 } }]"#,
+        )
+    );
+    assert_eq!(tr.id.as_deref(), Some("chatcmpl-msg_06"));
+    // An error body, and a body that is not a message, end the answer with an error.
+    for (body, code) in [
+        (
+            &br#"{"type":"error","error":{"type":"overloaded_error","message":"busy"}}"#[..],
+            "upstream_overloaded",
+        ),
+        (&b"<html>"[..], "upstream_error"),
+    ] {
+        let mut out = Vec::new();
+        Translator::new("claude").on_message(body, &mut out);
+        let [Out::Error(e)] = out.as_slice() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(e.code(), code);
+    }
 }

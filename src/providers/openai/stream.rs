@@ -3,7 +3,9 @@
 //! OpenAI clients never take this path: their answers are relayed byte for byte.
 //!
 //! The upstream is asked for `stream_options.include_usage`, so the usage chunk follows the
-//! finish chunk: the terminal event is emitted at that usage chunk, or at `[DONE]`.
+//! finish chunk: the terminal event is emitted at that usage chunk, or at `[DONE]`. A client
+//! that does not stream is served from one whole `chat.completion` (`on_body`), decoded into
+//! the same events.
 
 use crate::error::{sanitize, GatewayError};
 use crate::protocol::chunks::{ToolCallPiece, Usage};
@@ -46,7 +48,8 @@ struct DeltaView {
 struct ChoiceView {
     #[serde(default)]
     index: u32,
-    #[serde(default)]
+    /// `message` in a whole `chat.completion`.
+    #[serde(default, alias = "message")]
     delta: Option<DeltaView>,
     #[serde(default)]
     finish_reason: Option<String>,
@@ -150,60 +153,110 @@ impl OpenAiStream {
             return;
         };
         if let Some(e) = chunk.error {
-            let message = e["message"].as_str().unwrap_or("error event").to_owned();
-            self.ended = true;
-            out.push(Event::Error(GatewayError::UpstreamError(format!(
-                "provider {}: {}",
-                self.provider,
-                sanitize(&message)
-            ))));
-            return;
+            return self.error(&e, out);
         }
         if self.id.is_none() {
             self.id = chunk.id;
             self.created = chunk.created;
         }
         for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
-            if let Some(d) = choice.delta {
-                if let Some(t) = d.reasoning_content.filter(|t| !t.is_empty()) {
-                    out.push(Event::Reasoning(t));
-                }
-                if let Some(t) = d.content.filter(|t| !t.is_empty()) {
-                    out.push(Event::Text(t));
-                }
-                if let Some(t) = d.refusal.filter(|t| !t.is_empty()) {
-                    out.push(Event::Text(t));
-                }
-                for call in d.tool_calls.into_iter().flatten() {
-                    let f = call.function.unwrap_or_default();
-                    out.push(Event::ToolCall(ToolCallPiece {
-                        index: call.index,
-                        id: call.id,
-                        name: f.name,
-                        arguments: f.arguments.unwrap_or_default(),
-                    }));
-                }
-            }
-            if let Some(r) = choice.finish_reason {
-                if let (Some(Value::String(s)), "stop") = (&choice.stop_reason, r.as_str()) {
-                    out.push(Event::StopSequence(s.clone()));
-                }
-                self.reason = Some(finish_reason(&r));
-            }
+            self.choice(choice, false, out);
         }
         if let Some(u) = chunk.usage {
-            let cached = u
-                .prompt_tokens_details
-                .as_ref()
-                .and_then(|d| d["cached_tokens"].as_u64())
-                .unwrap_or(0);
-            self.usage = Usage {
-                prompt_tokens: u.prompt_tokens,
-                completion_tokens: u.completion_tokens,
-                total_tokens: u.prompt_tokens + u.completion_tokens,
-                cached_tokens: cached,
-            };
+            self.note_usage(u);
             self.end(out);
+        }
+    }
+
+    /// A whole `chat.completion` (the client did not stream).
+    pub fn on_body(&mut self, body: &[u8], out: &mut Vec<Event>) {
+        if self.ended {
+            return;
+        }
+        let chunk = match serde_json::from_slice::<ChunkView>(body) {
+            Ok(c) => c,
+            Err(e) => {
+                self.ended = true;
+                out.push(Event::Error(GatewayError::UpstreamError(format!(
+                    "provider {}: the answer is not a chat completion: {e}",
+                    self.provider
+                ))));
+                return;
+            }
+        };
+        if let Some(e) = chunk.error {
+            return self.error(&e, out);
+        }
+        self.id = chunk.id;
+        self.created = chunk.created;
+        for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
+            self.choice(choice, true, out);
+        }
+        if let Some(u) = chunk.usage {
+            self.note_usage(u);
+        }
+        if self.reason.is_none() {
+            self.ended = true;
+            out.push(Event::Error(GatewayError::UpstreamError(format!(
+                "provider {} answered without a finish reason",
+                self.provider
+            ))));
+        }
+        self.end(out);
+    }
+
+    fn error(&mut self, e: &Value, out: &mut Vec<Event>) {
+        let message = e["message"].as_str().unwrap_or("error event");
+        self.ended = true;
+        out.push(Event::Error(GatewayError::UpstreamError(format!(
+            "provider {}: {}",
+            self.provider,
+            sanitize(message)
+        ))));
+    }
+
+    fn note_usage(&mut self, u: UsageView) {
+        let cached = u
+            .prompt_tokens_details
+            .as_ref()
+            .and_then(|d| d["cached_tokens"].as_u64())
+            .unwrap_or(0);
+        self.usage = Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.prompt_tokens + u.completion_tokens,
+            cached_tokens: cached,
+        };
+    }
+
+    /// One choice's delta (or whole message: its tool calls carry no `index`, their position
+    /// is it).
+    fn choice(&mut self, choice: ChoiceView, whole: bool, out: &mut Vec<Event>) {
+        if let Some(d) = choice.delta {
+            if let Some(t) = d.reasoning_content.filter(|t| !t.is_empty()) {
+                out.push(Event::Reasoning(t));
+            }
+            if let Some(t) = d.content.filter(|t| !t.is_empty()) {
+                out.push(Event::Text(t));
+            }
+            if let Some(t) = d.refusal.filter(|t| !t.is_empty()) {
+                out.push(Event::Text(t));
+            }
+            for (i, call) in (0u32..).zip(d.tool_calls.into_iter().flatten()) {
+                let f = call.function.unwrap_or_default();
+                out.push(Event::ToolCall(ToolCallPiece {
+                    index: if whole { i } else { call.index },
+                    id: call.id,
+                    name: f.name,
+                    arguments: f.arguments.unwrap_or_default(),
+                }));
+            }
+        }
+        if let Some(r) = choice.finish_reason {
+            if let (Some(Value::String(s)), "stop") = (&choice.stop_reason, r.as_str()) {
+                out.push(Event::StopSequence(s.clone()));
+            }
+            self.reason = Some(finish_reason(&r));
         }
     }
 }
@@ -274,5 +327,31 @@ mod tests {
         assert!(matches!(&cut[1], Event::Error(_)));
         let err = decode("data: {\"error\":{\"message\":\"overloaded\"}}\n\n");
         assert!(matches!(&err[0], Event::Error(_)));
+    }
+
+    #[test]
+    fn a_whole_completion_decodes_like_its_stream() {
+        let body = br#"{"id":"chatcmpl-7","created":7,"choices":[{"index":0,"message":{"role":"assistant",
+            "content":"Let me look.","reasoning_content":"Think.","tool_calls":[
+              {"id":"call_a","type":"function","function":{"name":"f","arguments":"{\"x\":1}"}},
+              {"id":"call_b","type":"function","function":{"name":"g","arguments":"{}"}}]},
+            "finish_reason":"tool_calls"}],
+            "usage":{"prompt_tokens":4,"completion_tokens":6,"prompt_tokens_details":{"cached_tokens":2}}}"#;
+        let mut d = OpenAiStream::new("p");
+        let mut out = Vec::new();
+        d.on_body(body, &mut out);
+        assert_eq!(
+            format!("{out:?}"),
+            concat!(
+                r#"[Reasoning("Think."), Text("Let me look."), "#,
+                r#"ToolCall(ToolCallPiece { index: 0, id: Some("call_a"), name: Some("f"), arguments: "{\"x\":1}" }), "#,
+                r#"ToolCall(ToolCallPiece { index: 1, id: Some("call_b"), name: Some("g"), arguments: "{}" }), "#,
+                r#"Finish { reason: "tool_calls", usage: Usage { prompt_tokens: 4, completion_tokens: 6, total_tokens: 10, cached_tokens: 2 } }]"#,
+            )
+        );
+        assert_eq!(d.meta().id, Some("chatcmpl-7"));
+        let mut out = Vec::new();
+        OpenAiStream::new("p").on_body(br#"{"choices":[]}"#, &mut out);
+        assert!(matches!(out.as_slice(), [Event::Error(_)]), "{out:?}");
     }
 }
