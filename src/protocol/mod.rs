@@ -7,6 +7,7 @@ pub mod anthropic;
 pub mod chunks;
 pub mod features;
 pub mod request;
+pub mod responses;
 pub mod sse;
 pub mod watch;
 
