@@ -41,6 +41,9 @@ pub enum Dialect {
     OpenAi,
     /// The Messages API (`/v1/messages`).
     Anthropic,
+    /// The Responses API (`/v1/responses`): OpenAI-shaped errors, answers as response objects
+    /// and events.
+    Responses,
 }
 
 /// What one request accumulates on its way; read afterwards for metrics and the access log.
@@ -85,6 +88,8 @@ pub struct RequestCtx {
     pub drain: Option<tokio::sync::watch::Receiver<bool>>,
     /// Holds the request in the in-flight count until the context is dropped.
     pub inflight: Option<crate::lifecycle::InFlight>,
+    /// The final object of a `/v1/responses` answer, for the endpoint to store.
+    pub produced: Option<serde_json::Value>,
 }
 
 impl RequestCtx {
@@ -115,6 +120,7 @@ impl RequestCtx {
             error: None,
             drain: None,
             inflight: None,
+            produced: None,
         }
     }
 }
@@ -242,7 +248,7 @@ pub async fn write_error(
         extra.push(("x-should-retry", retry.to_string()));
     }
     let body = match ctx.dialect {
-        Dialect::OpenAi => err.body(),
+        Dialect::OpenAi | Dialect::Responses => err.body(),
         Dialect::Anthropic => crate::protocol::anthropic::error::body(err),
     };
     write_full(session, ctx, err.status(), JSON, body, &extra).await

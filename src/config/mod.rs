@@ -294,6 +294,8 @@ pub struct Config {
     pub log_level: Option<String>,
     pub log_format: LogFormat,
     pub grace_period: Duration,
+    /// How long a stored `/v1/responses` response stays available (`responses.ttl`).
+    pub responses_ttl: Duration,
     /// System prompts and Dify inputs, compiled once.
     pub templates: minijinja::Environment<'static>,
     pub warnings: Vec<Diagnostic>,

@@ -29,6 +29,15 @@ pub struct RawConfig {
     pub log: RawLog,
     #[serde(default)]
     pub shutdown: RawShutdown,
+    #[serde(default)]
+    pub responses: RawResponses,
+}
+
+/// `/v1/responses`: how long stored responses are kept.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResponses {
+    pub ttl: Option<Dur>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -5,3 +5,4 @@ pub mod chat;
 pub mod messages;
 pub mod models;
 pub mod pipeline;
+pub mod responses;

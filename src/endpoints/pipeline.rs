@@ -228,6 +228,10 @@ async fn write_hit(
     let body = match ctx.dialect {
         Dialect::OpenAi => cache::render(entry, req.stream, req.include_usage),
         Dialect::Anthropic => messages::replay(&entry.answer, &entry.id, req.stream),
+        Dialect::Responses => match req.responses.as_deref() {
+            Some(meta) => crate::protocol::responses::replay(&entry.answer, meta, req.stream),
+            None => cache::render(entry, req.stream, req.include_usage),
+        },
     };
     let ct = if req.stream {
         "text/event-stream; charset=utf-8"

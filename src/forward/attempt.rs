@@ -160,7 +160,7 @@ pub async fn run(
                     )),
                 );
             }
-            let client = translated::ClientView::of(job, ctx.dialect);
+            let client = translated::client_view(job, ctx.dialect);
             // Boxed: the translated relay's future is the largest of the relays, and inline it
             // would be copied with every attempt, translated or not.
             return Box::pin(translated::relay(

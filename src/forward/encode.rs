@@ -1,11 +1,14 @@
 //! The client's dialect of a translated answer: neutral events written as OpenAI chunks (or one
-//! `chat.completion`), or as Anthropic Messages events (or one `message`). The translated relay
-//! talks only to [`Encoder`], so one relay serves every (upstream, client) pair.
+//! `chat.completion`), as Anthropic Messages events (or one `message`), or as Responses API
+//! events (or one `response`). The translated relay talks only to [`Encoder`], so one relay
+//! serves every (upstream, client) pair.
 
 use crate::downstream::Dialect;
 use crate::error::GatewayError;
 use crate::protocol::anthropic::encode::{self as messages, MessagesWriter};
 use crate::protocol::chunks::{ChunkWriter, ToolCallPiece, Usage};
+use crate::protocol::responses::encode::ResponsesWriter;
+use crate::protocol::responses::ResponseMeta;
 use crate::protocol::SSE_DONE;
 use bytes::{Bytes, BytesMut};
 
@@ -19,11 +22,55 @@ pub enum Encoder {
         /// the upstream reports one.
         input_estimate: u64,
     },
+    /// Its id and creation time are the gateway's (fixed before the upstream was called).
+    Responses {
+        writer: Box<ResponsesWriter>,
+        model: String,
+        created: u64,
+    },
+}
+
+/// What the client asked for, as the encoder writes it.
+pub struct View<'a> {
+    pub dialect: Dialect,
+    /// `model` echoed in the answer: what the client asked for.
+    pub model: String,
+    pub include_usage: bool,
+    pub stream: bool,
+    /// The gateway's prompt estimate (Anthropic's `message_start` carries one).
+    pub input_estimate: u64,
+    /// A `/v1/responses` request's id and echoed fields.
+    pub responses: Option<&'a ResponseMeta>,
 }
 
 impl Encoder {
-    pub fn new(dialect: Dialect, model: String, include_usage: bool, input_estimate: u64) -> Self {
+    pub fn new(view: View<'_>) -> Self {
+        let View {
+            dialect,
+            model,
+            include_usage,
+            stream,
+            input_estimate,
+            responses,
+        } = view;
         match dialect {
+            Dialect::Responses => {
+                let (id, created, echo) = match responses {
+                    Some(m) => (m.id.clone(), m.created_at, m.echo.clone()),
+                    None => (crate::protocol::responses::new_id(), 0, Default::default()),
+                };
+                Encoder::Responses {
+                    writer: Box::new(ResponsesWriter::new(
+                        id,
+                        model.clone(),
+                        created,
+                        echo,
+                        stream,
+                    )),
+                    model,
+                    created,
+                }
+            }
             Dialect::OpenAi => Encoder::OpenAi(ChunkWriter {
                 id: String::new(),
                 created: 0,
@@ -55,20 +102,22 @@ impl Encoder {
                 *writer = MessagesWriter::new(id, model.clone());
                 *created = at;
             }
+            // The response id was given to the client's request before any upstream answered.
+            Encoder::Responses { .. } => {}
         }
     }
 
     pub fn model(&self) -> &str {
         match self {
             Encoder::OpenAi(w) => &w.model,
-            Encoder::Anthropic { model, .. } => model,
+            Encoder::Anthropic { model, .. } | Encoder::Responses { model, .. } => model,
         }
     }
 
     pub fn created(&self) -> u64 {
         match self {
             Encoder::OpenAi(w) => w.created,
-            Encoder::Anthropic { created, .. } => *created,
+            Encoder::Anthropic { created, .. } | Encoder::Responses { created, .. } => *created,
         }
     }
 
@@ -81,6 +130,7 @@ impl Encoder {
                 input_estimate,
                 ..
             } => writer.start(*input_estimate, out),
+            Encoder::Responses { writer, .. } => writer.start(out),
         }
     }
 
@@ -88,6 +138,7 @@ impl Encoder {
         match self {
             Encoder::OpenAi(w) => out.extend_from_slice(&w.content(text)),
             Encoder::Anthropic { writer, .. } => writer.text(text, out),
+            Encoder::Responses { writer, .. } => writer.text(text, out),
         }
     }
 
@@ -95,6 +146,7 @@ impl Encoder {
         match self {
             Encoder::OpenAi(w) => out.extend_from_slice(&w.reasoning(text)),
             Encoder::Anthropic { writer, .. } => writer.thinking(text, out),
+            Encoder::Responses { writer, .. } => writer.reasoning(text, out),
         }
     }
 
@@ -109,13 +161,14 @@ impl Encoder {
         match self {
             Encoder::OpenAi(w) => out.extend_from_slice(&w.tool_call(piece)),
             Encoder::Anthropic { writer, .. } => writer.tool_call(piece, out),
+            Encoder::Responses { writer, .. } => writer.tool_call(piece, out),
         }
     }
 
     /// A keep-alive: an SSE comment, or Anthropic's `ping` event.
     pub fn ping(&mut self, out: &mut BytesMut) {
         match self {
-            Encoder::OpenAi(_) => out.extend_from_slice(b": ping\n\n"),
+            Encoder::OpenAi(_) | Encoder::Responses { .. } => out.extend_from_slice(b": ping\n\n"),
             Encoder::Anthropic { writer, .. } => writer.ping(out),
         }
     }
@@ -137,6 +190,7 @@ impl Encoder {
                 out.extend_from_slice(SSE_DONE);
             }
             Encoder::Anthropic { writer, .. } => writer.finish(reason, stop_sequence, usage, out),
+            Encoder::Responses { writer, .. } => writer.finish(reason, usage, out),
         }
     }
 
@@ -148,12 +202,21 @@ impl Encoder {
                 out.extend_from_slice(SSE_DONE);
             }
             Encoder::Anthropic { writer, .. } => writer.error(err, out),
+            Encoder::Responses { writer, .. } => writer.error(err, out),
+        }
+    }
+
+    /// The final response object of a Responses answer (for storage), once it has finished.
+    pub fn final_response(&self) -> Option<serde_json::Value> {
+        match self {
+            Encoder::Responses { writer, .. } if writer.is_ended() => Some(writer.response()),
+            _ => None,
         }
     }
 
     /// A whole non-stream answer.
     pub fn completion(
-        &self,
+        &mut self,
         content: &str,
         thinking: (&str, &str),
         tool_calls: &[ToolCallPiece],
@@ -163,6 +226,10 @@ impl Encoder {
     ) -> Bytes {
         match self {
             Encoder::OpenAi(w) => w.completion(content, thinking.0, tool_calls, reason, usage),
+            Encoder::Responses { writer, .. } => {
+                writer.complete(content, thinking.0, tool_calls, reason, usage);
+                Bytes::from(writer.response().to_string())
+            }
             Encoder::Anthropic { writer, model, .. } => {
                 let calls: Vec<(String, String, String)> = tool_calls
                     .iter()

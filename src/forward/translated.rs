@@ -4,7 +4,7 @@
 //! decoder supplies the events and its hooks (remember state when the answer completes, stop
 //! the upstream's work when it is abandoned); this relay names no provider.
 
-use super::encode::Encoder;
+use super::encode::{Encoder, View};
 use super::failure::{fail, Failure, Outcome};
 use super::relay::Attempt;
 use super::wait::{client_gone, next, Step};
@@ -27,36 +27,23 @@ const MAX_RESPONSE: usize = 64 << 20;
 /// the connection instead of pooling it.
 const DRAIN_LIMIT: Duration = Duration::from_millis(500);
 
-/// What the client asked for, as the written chunks must reflect it.
-pub struct ClientView {
-    /// `model` echoed in every chunk: what the client asked for.
-    pub model: String,
-    pub include_usage: bool,
-    pub stream: bool,
-    pub dialect: Dialect,
-    /// The gateway's prompt estimate (Anthropic's `message_start` carries one).
-    pub input_estimate: u64,
-}
-
-impl ClientView {
-    pub fn of(job: &Job<'_>, dialect: Dialect) -> Self {
-        ClientView {
-            model: job
-                .req
-                .model
-                .clone()
-                .unwrap_or_else(|| job.scenario.name.clone()),
-            include_usage: job.req.include_usage,
-            stream: job.req.stream,
-            dialect,
-            // Only a streamed Anthropic answer needs it, before the upstream's count.
-            input_estimate: match dialect {
-                Dialect::Anthropic if job.req.stream => {
-                    crate::limits::prompt_tokens(&job.req.messages)
-                }
-                _ => 0,
-            },
-        }
+/// What the client asked for, as the written answer must reflect it.
+pub fn client_view<'a>(job: &'a Job<'_>, dialect: Dialect) -> View<'a> {
+    View {
+        dialect,
+        model: job
+            .req
+            .model
+            .clone()
+            .unwrap_or_else(|| job.scenario.name.clone()),
+        include_usage: job.req.include_usage,
+        stream: job.req.stream,
+        // Only a streamed Anthropic answer needs it, before the upstream's count.
+        input_estimate: match dialect {
+            Dialect::Anthropic if job.req.stream => crate::limits::prompt_tokens(&job.req.messages),
+            _ => 0,
+        },
+        responses: job.req.responses.as_deref(),
     }
 }
 
@@ -132,19 +119,15 @@ pub async fn relay(
     ctx: &mut RequestCtx,
     mut up: Conn,
     mut decoder: Decoder,
-    client: ClientView,
+    client: View<'_>,
     whole: bool,
 ) -> Result<(), Failure> {
-    let enc = Encoder::new(
-        client.dialect,
-        client.model,
-        client.include_usage,
-        client.input_estimate,
-    );
+    let client_stream = client.stream;
+    let enc = Encoder::new(client);
     let mut out = Out {
         enc,
         stop_sequence: None,
-        client_stream: client.stream,
+        client_stream,
         headers_sent: false,
         content: String::new(),
         reasoning: String::new(),
@@ -525,6 +508,9 @@ async fn finish(
             usage,
         );
         out.pending.extend_from_slice(&body);
+    }
+    if let Some(v) = out.enc.final_response() {
+        out.ctx.produced = Some(v);
     }
     Ok(())
 }

@@ -82,6 +82,8 @@ pub struct ChatRequest {
     pub features: Features,
     /// Set for a `/v1/messages` request: its own body, for an Anthropic target to take as is.
     pub native: Option<NativeMessages>,
+    /// Set for a `/v1/responses` request: the response's id and what its object repeats.
+    pub responses: Option<Box<crate::protocol::responses::ResponseMeta>>,
 }
 
 /// A Messages API request as the client sent it.
@@ -312,6 +314,7 @@ impl ChatRequest {
             rest,
             features,
             native: None,
+            responses: None,
         })
     }
 

@@ -20,6 +20,8 @@ pub enum Endpoint {
     Chat,
     Messages,
     CountTokens,
+    Responses,
+    Response,
     Models,
     Model,
     Health,
@@ -78,6 +80,21 @@ pub static ROUTES: &[Route] = &[
         metered: true,
         ..row(Role::Api, &["/v1/messages"], &["POST"], Endpoint::Messages)
     },
+    Route {
+        metered: true,
+        ..row(
+            Role::Api,
+            &["/v1/responses", "/responses"],
+            &["POST"],
+            Endpoint::Responses,
+        )
+    },
+    row(
+        Role::Api,
+        &["/v1/responses/{id}", "/responses/{id}"],
+        &["GET", "DELETE"],
+        Endpoint::Response,
+    ),
     row(
         Role::Api,
         &["/v1/messages/count_tokens"],
@@ -203,13 +220,17 @@ pub async fn dispatch(
     // Owned: the argument borrows the request head, and the endpoints take the session.
     let arg = decode(arg);
     ctx.metered = route.metered;
-    if matches!(route.endpoint, Endpoint::Messages | Endpoint::CountTokens) {
-        ctx.dialect = Dialect::Anthropic;
+    match route.endpoint {
+        Endpoint::Messages | Endpoint::CountTokens => ctx.dialect = Dialect::Anthropic,
+        Endpoint::Responses => ctx.dialect = Dialect::Responses,
+        _ => {}
     }
     match route.endpoint {
         Endpoint::Chat => endpoints::chat::handle(shared, session, ctx).await,
         Endpoint::Messages => endpoints::messages::handle(shared, session, ctx).await,
         Endpoint::CountTokens => endpoints::messages::count_tokens(shared, session, ctx).await,
+        Endpoint::Responses => endpoints::responses::handle(shared, session, ctx).await,
+        Endpoint::Response => endpoints::responses::stored(shared, session, ctx, &arg).await,
         Endpoint::Models => endpoints::models::handle(shared, session, ctx).await,
         Endpoint::Model => endpoints::models::retrieve(shared, session, ctx, &arg).await,
         Endpoint::Health => {

@@ -229,6 +229,14 @@ fn build(raw: RawConfig, path: &Path, base_dir: &Path, cx: &mut Ctx) -> Config {
     let clients = clients::compile(cx, raw.clients.as_deref(), &raw.scenarios);
     clients::check_matchers(cx, &raw.scenarios, raw.clients.as_deref());
 
+    let responses_ttl = raw.responses.ttl.map_or(Duration::from_secs(3600), |d| d.0);
+    if responses_ttl.is_zero() {
+        cx.error(
+            "responses.ttl",
+            "must be greater than zero (send `store: false` not to store a response)",
+        );
+    }
+
     let log_level = raw.log.level.clone();
     if let Some(level) = &log_level {
         if !["error", "warn", "info", "debug", "trace", "off"].contains(&level.as_str()) {
@@ -260,6 +268,7 @@ fn build(raw: RawConfig, path: &Path, base_dir: &Path, cx: &mut Ctx) -> Config {
             .shutdown
             .grace_period
             .map_or(Duration::from_secs(30), |d| d.0),
+        responses_ttl,
         templates,
         warnings: Vec::new(),
         sources: vec![path.to_path_buf()],

@@ -1,0 +1,88 @@
+//! A stored response: what a follow-up's `previous_response_id` continues and
+//! `GET /v1/responses/{id}` returns. Kept as JSON text in the conversation store, so any backend
+//! that stores strings can hold it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Stored {
+    /// The chain's session: every response continuing this one shares it, so upstream-side
+    /// state (a Dify conversation) carries over.
+    pub session: String,
+    /// The conversation so far as chat messages, every turn's input and output, without
+    /// `instructions` (each request brings its own, as at OpenAI).
+    pub messages: Vec<Value>,
+    /// The response object as the client got it.
+    pub response: Value,
+}
+
+impl Stored {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn from_json(text: &str) -> Option<Stored> {
+        serde_json::from_str(text).ok()
+    }
+}
+
+/// The assistant turn a response's output adds to the conversation: its text as `content`,
+/// its function calls as `tool_calls`. `None` when the output has neither.
+pub fn assistant_turn(response: &Value) -> Option<Value> {
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for item in response["output"].as_array().into_iter().flatten() {
+        match item["type"].as_str() {
+            Some("message") => {
+                for part in item["content"].as_array().into_iter().flatten() {
+                    if let Some(t) = part["text"].as_str() {
+                        text.push_str(t);
+                    }
+                }
+            }
+            Some("function_call") => calls.push(json!({
+                "id": item["call_id"],
+                "type": "function",
+                "function": {"name": item["name"], "arguments": item["arguments"]},
+            })),
+            _ => {}
+        }
+    }
+    if text.is_empty() && calls.is_empty() {
+        return None;
+    }
+    let mut turn = json!({"role": "assistant", "content": if text.is_empty() { Value::Null } else { Value::String(text) }});
+    if !calls.is_empty() {
+        turn["tool_calls"] = Value::Array(calls);
+    }
+    Some(turn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_assistant_turn_has_the_text_and_the_calls() {
+        let response = json!({"output": [
+            {"type": "reasoning", "content": [{"type": "reasoning_text", "text": "hm"}]},
+            {"type": "message", "content": [{"type": "output_text", "text": "Let me "}, {"type": "output_text", "text": "check."}]},
+            {"type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{}"}]});
+        assert_eq!(
+            assistant_turn(&response),
+            Some(
+                json!({"role": "assistant", "content": "Let me check.", "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]})
+            )
+        );
+        assert_eq!(assistant_turn(&json!({"output": []})), None);
+        let s = Stored {
+            session: "s".into(),
+            messages: vec![json!({"role": "user", "content": "q"})],
+            response,
+        };
+        let back = Stored::from_json(&s.to_json()).unwrap();
+        assert_eq!(back.messages, s.messages);
+    }
+}
