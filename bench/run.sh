@@ -138,6 +138,10 @@ measure() { # name url conns
         measure claude "http://127.0.0.1:$GW_PORT/v1/chat/completions" "$conns"
       BENCH_BODY='{"model":"bench","max_tokens":64,"messages":[{"role":"user","content":"Say hello"}]}' \
         measure messages "http://127.0.0.1:$GW_PORT/v1/messages" "$conns"
+      # The Responses API door to the OpenAI mock (store: false: the bench measures the
+      # translation, not the conversation store).
+      BENCH_BODY='{"model":"bench","input":"Say hello","store":false}' \
+        measure responses "http://127.0.0.1:$GW_PORT/v1/responses" "$conns"
     done
     # The same priced scenario from a client without limits and from one with RPM, TPM and a
     # budget: the difference is the limiter's cost.
