@@ -51,6 +51,9 @@ scenarios:
     targets: [{{ provider: claude, model: claude-up }}]
   via_dify:
     targets: [{{ provider: dify-chat }}]
+  cached:
+    targets: [{{ provider: gpt, model: gpt-up }}]
+    cache: {{ ttl: 60s }}
 {extra}
 "#,
         o = openai.url(),
@@ -452,4 +455,37 @@ async fn the_openai_python_sdk_works_unmodified() {
     assert_eq!(continued.len(), 1, "{chat_calls:?}");
     assert_eq!(continued[0]["query"], "What is my name?");
     print!("{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unstored_response_is_cached_and_replayed_as_a_response() {
+    let s = setup().await;
+    let ask = |stream: bool| json!({"model": "cached", "input": "Same question", "store": false, "stream": stream});
+    let send = |body: Value| {
+        http()
+            .post(format!("{}/v1/responses", s.gw.api))
+            .bearer_auth("client-key")
+            .json(&body)
+            .send()
+    };
+    let first = send(ask(false)).await.unwrap();
+    assert_eq!(first.headers()["x-gateway-cache"], "miss");
+    let first: Value = first.json().await.unwrap();
+    let hit = send(ask(false)).await.unwrap();
+    assert_eq!(hit.headers()["x-gateway-cache"], "hit");
+    let hit: Value = hit.json().await.unwrap();
+    assert_eq!(hit["object"], "response");
+    assert_ne!(hit["id"], first["id"], "every response has its own id");
+    assert_eq!(
+        hit["output"][0]["content"][0]["text"],
+        first["output"][0]["content"][0]["text"]
+    );
+    assert_eq!(hit["status"], "completed");
+    // The same entry replayed as a stream.
+    let streamed = send(ask(true)).await.unwrap();
+    assert_eq!(streamed.headers()["x-gateway-cache"], "hit");
+    let ev = events(&streamed.text().await.unwrap());
+    assert_eq!(ev.first().unwrap().0, "response.created");
+    assert_eq!(ev.last().unwrap().0, "response.completed");
+    assert_eq!(s.openai.count(), 1, "one upstream call for three answers");
 }
