@@ -60,6 +60,12 @@ pub struct RequestCtx {
     pub ttft: Option<Duration>,
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
+    /// Prompt tokens read from the upstream's prompt cache (part of `prompt_tokens`).
+    pub cached_tokens: Option<u64>,
+    /// Completion tokens spent reasoning (part of `completion_tokens`).
+    pub reasoning_tokens: Option<u64>,
+    /// The upstream reported no usage: the token counts are the gateway's estimate.
+    pub usage_estimated: bool,
     /// Whether this request is counted in the request metrics (API routes only).
     pub metered: bool,
     /// Set when the answer may be cached: the forwarder fills it as the answer is produced.
@@ -103,6 +109,9 @@ impl RequestCtx {
             ttft: None,
             prompt_tokens: None,
             completion_tokens: None,
+            cached_tokens: None,
+            reasoning_tokens: None,
+            usage_estimated: false,
             metered: false,
             capture: None,
             delivered: None,
