@@ -70,7 +70,8 @@ pub struct RequestCtx {
     pub metered: bool,
     /// Set when the answer may be cached: the forwarder fills it as the answer is produced.
     pub capture: Option<crate::cache::Capture>,
-    /// Set when client limits count tokens: the content actually delivered to the client.
+    /// The content delivered to the client (chat requests): what an answer whose upstream
+    /// reports no usage is counted from.
     pub delivered: Option<String>,
     /// The answering target's price, for spend.
     pub cost: Option<crate::config::Cost>,

@@ -299,3 +299,32 @@ async fn dify_reasoning_chunks_and_a_leading_think_become_reasoning_content() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openai_sdk_sees_usage_only_when_it_asks() {
+    let (_mock, dify, gw) = setup().await;
+    dify.set(|k| {
+        k.think = Some("The user greets; greet back.");
+        k.pieces = 5;
+    });
+    let python = python_with("openai");
+    let script =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/usage_check.py");
+    let api = format!("{}/v1", gw.api);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .args(["--gateway", &api])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+}

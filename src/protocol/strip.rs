@@ -182,6 +182,14 @@ fn cut(event: &[u8]) -> Option<Range<usize>> {
     memmem::find(event, b"\"usage\"")?;
     let data = single_data(event)?;
     let json = &event[data.clone()];
+    // `"usage":null` as the last member of the object (mock and vLLM chunks): the member is
+    // known without a parse, since the object's closing brace is the data's last byte.
+    const NULL_LAST: &[u8] = b",\"usage\":null}";
+    let end = json.len() - json.iter().rev().take_while(|b| is_ws(**b)).count();
+    if json[..end].ends_with(NULL_LAST) {
+        let at = data.start + end - NULL_LAST.len();
+        return Some(at..at + NULL_LAST.len() - 1);
+    }
     let top: Top = serde_json::from_slice(json).ok()?;
     let usage = top.usage?;
     let value_start = usage.get().as_ptr() as usize - json.as_ptr() as usize;
