@@ -63,11 +63,18 @@ pub struct RequestCtx {
     pub ttft: Option<Duration>,
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
+    /// Prompt tokens read from the upstream's prompt cache (part of `prompt_tokens`).
+    pub cached_tokens: Option<u64>,
+    /// Completion tokens spent reasoning (part of `completion_tokens`).
+    pub reasoning_tokens: Option<u64>,
+    /// The upstream reported no usage: the token counts are the gateway's estimate.
+    pub usage_estimated: bool,
     /// Whether this request is counted in the request metrics (API routes only).
     pub metered: bool,
     /// Set when the answer may be cached: the forwarder fills it as the answer is produced.
     pub capture: Option<crate::cache::Capture>,
-    /// Set when client limits count tokens: the content actually delivered to the client.
+    /// The content delivered to the client (chat requests): what an answer whose upstream
+    /// reports no usage is counted from.
     pub delivered: Option<String>,
     /// The answering target's price, for spend.
     pub cost: Option<crate::config::Cost>,
@@ -108,6 +115,9 @@ impl RequestCtx {
             ttft: None,
             prompt_tokens: None,
             completion_tokens: None,
+            cached_tokens: None,
+            reasoning_tokens: None,
+            usage_estimated: false,
             metered: false,
             capture: None,
             delivered: None,

@@ -22,6 +22,7 @@ pub struct Metrics {
     pub time_to_first_token_seconds: HistogramVec,
     pub overhead_seconds: HistogramVec,
     pub tokens_total: IntCounterVec,
+    pub usage_estimated_total: IntCounterVec,
     pub upstream_attempts_total: IntCounterVec,
     pub fallbacks_total: IntCounterVec,
     pub circuit_state: IntGaugeVec,
@@ -61,8 +62,14 @@ impl Metrics {
         )?;
         let tokens_total = counter(
             "tokens_total",
-            "Tokens reported by upstreams.",
+            "Tokens used, by kind: prompt and completion (upstream usage, else the gateway's \
+             estimate), and the cached prompt and reasoning completion tokens among them.",
             &["scenario", "provider", "kind"],
+        )?;
+        let usage_estimated_total = counter(
+            "usage_estimated_total",
+            "Upstream answers without usage, counted from the gateway's estimate.",
+            &["provider"],
         )?;
         let upstream_attempts_total = counter(
             "upstream_attempts_total",
@@ -166,6 +173,7 @@ impl Metrics {
             time_to_first_token_seconds,
             overhead_seconds,
             tokens_total,
+            usage_estimated_total,
             upstream_attempts_total,
             fallbacks_total,
             circuit_state,

@@ -189,7 +189,8 @@ async fn streams_without_usage_are_charged_by_delivered_text() {
         r#"{"role":"user","content":"hello there"}"#.into(),
     )
     .unwrap()]);
-    // No include_usage: the mock sends no usage, the delivered text is counted.
+    // An upstream that ignores include_usage: the delivered text is counted.
+    mock.set(|k| k.omit_usage = true);
     let r = ask(&gw, "key-a", msg(json!({"stream": true}))).await;
     assert_eq!(r.status, 200);
     let full = "Hello from the mock upstream, one two three.";

@@ -194,6 +194,8 @@ pub struct Cost {
     pub input: f64,
     /// USD per 1M completion tokens.
     pub output: f64,
+    /// USD per 1M prompt tokens read from the upstream's prompt cache (`input` unless set).
+    pub cached_input: f64,
 }
 
 #[derive(Debug)]

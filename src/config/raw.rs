@@ -232,6 +232,7 @@ pub struct RawScenarioCache {
 pub struct RawCost {
     pub input: f64,
     pub output: f64,
+    pub cached_input: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -83,7 +83,7 @@ fn target(config: &Config, t: &Target) -> Value {
         "provider": t.provider.name,
         "model": t.model,
         "weight": t.weight,
-        "cost": t.cost.map(|c| json!({"input": c.input, "output": c.output})),
+        "cost": t.cost.map(|c| json!({"input": c.input, "output": c.output, "cached_input": c.cached_input})),
         "system_prompt": template(config, &t.system_prompt),
         "params": t.params,
         "inputs": t.inputs.iter().map(|(k, v)| (k.clone(), template(config, &Some(v.clone())))).collect::<serde_json::Map<_, _>>(),

@@ -1,7 +1,8 @@
 //! The chat pipeline both front doors share once a request is parsed, top to bottom: resolve
 //! the scenario → refuse what no target can serve → reserve client limits → answer from the
 //! cache or forward to the upstreams (storing the answer when allowed) → settle the limits with
-//! what was used. Answers and errors are written in the client's dialect (`ctx.dialect`).
+//! what was used (the upstream's usage, else the gateway's estimate). Answers and errors are
+//! written in the client's dialect (`ctx.dialect`).
 
 use crate::cache::{self, Control, Lookup};
 use crate::config::{Client, Config};
@@ -68,43 +69,46 @@ pub(crate) async fn serve(
     };
 
     // Client limits: reserve before anything is contacted, settle with what was really used.
-    let Some(c) = client.filter(|c| demand::is_limited(c)) else {
-        return answer(shared, session, ctx, &job, client, hints, body).await;
-    };
-    let estimate = demand::estimate(config, scenario, c, &req);
-    let ticket = match shared.limits.admit(c, estimate.demand).await {
-        Ok((ticket, headers)) => {
-            ctx.extra_headers = headers;
-            ticket
+    let mut admitted = None;
+    if let Some(c) = client.filter(|c| demand::is_limited(c)) {
+        let estimate = demand::estimate(config, scenario, c, &req);
+        match shared.limits.admit(c, estimate.demand).await {
+            Ok((ticket, headers)) => {
+                ctx.extra_headers = headers;
+                admitted = Some((
+                    ticket,
+                    estimate.counts_tokens.then_some(estimate.prompt_tokens),
+                ));
+            }
+            Err(refusal) => {
+                ctx.extra_headers = refusal.headers;
+                shared
+                    .metrics
+                    .rate_limited_total
+                    .with_label_values(&[&c.name, refusal.limit])
+                    .inc();
+                return Err(*refusal.error);
+            }
         }
-        Err(refusal) => {
-            ctx.extra_headers = refusal.headers;
-            shared
-                .metrics
-                .rate_limited_total
-                .with_label_values(&[&c.name, refusal.limit])
-                .inc();
-            return Err(*refusal.error);
-        }
-    };
-    if estimate.counts_tokens {
-        ctx.delivered = Some(String::new());
     }
+    // What reached the client: charged when the upstream reports no usage.
+    ctx.delivered = Some(String::new());
     let result = answer(shared, session, ctx, &job, client, hints, body).await;
-    // Cache hits and failures before any content cost nothing. Without upstream usage, the
-    // prompt estimate and the text really delivered are charged.
+    estimate_missing_usage(ctx, &req, admitted.as_ref().and_then(|a| a.1));
+    let Some((ticket, _)) = admitted else {
+        return result;
+    };
+    // Cache hits and failures before any content cost nothing.
     let (prompt, completion) = if ctx.cache == CacheState::Hit || ctx.ttft.is_none() {
         (0, 0)
     } else {
-        match (ctx.prompt_tokens, ctx.completion_tokens) {
-            (Some(p), Some(c)) => (p, c),
-            _ => (
-                estimate.prompt_tokens,
-                ctx.delivered.as_deref().map_or(0, limits::count_tokens),
-            ),
-        }
+        (
+            ctx.prompt_tokens.unwrap_or(0),
+            ctx.completion_tokens.unwrap_or(0),
+        )
     };
-    let spent = limits::usd(ctx.cost, prompt, completion);
+    let cached = ctx.cached_tokens.unwrap_or(0);
+    let spent = limits::usd_cached(ctx.cost, prompt, cached, completion);
     ctx.spent = Some(spent);
     shared
         .limits
@@ -117,6 +121,25 @@ pub(crate) async fn serve(
         )
         .await;
     result
+}
+
+/// An upstream answer without usage (an upstream that ignores `include_usage`, a stream cut
+/// before its usage chunk) is counted from the gateway's estimate: the prompt as the tokenizer
+/// counts it (`prompt_estimate` when the limits already counted it), and the text the client
+/// received. Limits, spend and `tokens_total` all use it; `usage_estimated_total` counts it.
+fn estimate_missing_usage(ctx: &mut RequestCtx, req: &ChatRequest, prompt_estimate: Option<u64>) {
+    let answered = ctx.ttft.is_some() && ctx.cache != CacheState::Hit;
+    if !answered || (ctx.prompt_tokens.is_some() && ctx.completion_tokens.is_some()) {
+        return;
+    }
+    ctx.usage_estimated = true;
+    if ctx.prompt_tokens.is_none() {
+        ctx.prompt_tokens =
+            Some(prompt_estimate.unwrap_or_else(|| limits::prompt_tokens(&req.messages)));
+    }
+    if ctx.completion_tokens.is_none() {
+        ctx.completion_tokens = Some(ctx.delivered.as_deref().map_or(0, limits::count_tokens));
+    }
 }
 
 /// The answer itself: from the cache, or from the upstreams (storing it when allowed).

@@ -169,7 +169,7 @@ pub async fn run(
             .await;
         }
         return if call.stream && is_sse {
-            passthrough::stream(&mut a, session, ctx, conn).await
+            passthrough::stream(&mut a, session, ctx, conn, !job.req.include_usage).await
         } else {
             passthrough::json(&mut a, session, ctx, conn).await
         };

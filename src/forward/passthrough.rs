@@ -1,14 +1,17 @@
 //! OpenAI-shaped answers, relayed byte for byte: a stream chunk by chunk as it arrives (headers
 //! held until the first content event), or one JSON answer. Each is observed once on the way
-//! (`protocol::watch`) for usage, the delivered text and the cache. A stream always ends with
-//! `data: [DONE]`: the upstream's, or the gateway's after an error event, or the gateway's for
-//! an upstream that finished its answer and ended its body without one.
+//! (`protocol::watch`) for usage, the delivered text and the cache. The gateway asks upstream
+//! streams for usage; when the client did not, that usage is observed and then taken out of
+//! the relayed bytes (`protocol::strip`). A stream always ends with `data: [DONE]`: the
+//! upstream's, or the gateway's after an error event, or the gateway's for an upstream that
+//! finished its answer and ended its body without one.
 
 use super::failure::{fail, Failure, Outcome};
 use super::relay::Attempt;
 use super::wait::{client_gone, next, Step};
 use crate::downstream::{self, RequestCtx};
 use crate::error::{sanitize, GatewayError};
+use crate::protocol::strip::UsageStrip;
 use crate::protocol::watch::{self, StreamWatch, Tokens};
 use crate::protocol::SSE_DONE;
 use crate::upstream::{self, Conn, ReadError};
@@ -24,6 +27,16 @@ const MAX_HELD: usize = 1 << 20;
 fn take_tokens(ctx: &mut RequestCtx, t: Tokens) {
     ctx.prompt_tokens = t.prompt.or(ctx.prompt_tokens);
     ctx.completion_tokens = t.completion.or(ctx.completion_tokens);
+    ctx.cached_tokens = t.cached.or(ctx.cached_tokens);
+    ctx.reasoning_tokens = t.reasoning.or(ctx.reasoning_tokens);
+}
+
+/// The bytes to relay: all of them, or what is left once the usage is taken out.
+fn relayed(strip: &mut Option<UsageStrip>, chunk: Bytes) -> Bytes {
+    match strip {
+        Some(s) => s.push(chunk),
+        None => chunk,
+    }
 }
 
 pub async fn json(
@@ -82,8 +95,8 @@ pub async fn json(
         }
     };
     a.established(ctx);
-    // One look at the answer serves usage, the cache and charging.
-    let seen = watch::completion(&body, ctx.capture.is_some() || ctx.delivered.is_some());
+    // One look at the answer serves usage and the cache.
+    let seen = watch::completion(&body, ctx.capture.is_some());
     take_tokens(ctx, seen.tokens);
     if let Some(c) = &mut ctx.capture {
         if let Some(answer) = seen.answer {
@@ -92,9 +105,9 @@ pub async fn json(
         }
         c.commit(&a.shared.cache).await;
     }
-    // Only needed to charge an answer whose upstream reported no usage.
+    // Only needed to charge an answer whose upstream reported no usage: a second look.
     if let (Some(d), None) = (&mut ctx.delivered, ctx.completion_tokens) {
-        d.push_str(&seen.text);
+        d.push_str(&watch::completion(&body, true).text);
     }
     a.release(up).await;
     let ct = if content_type.starts_with("text/event-stream") {
@@ -120,6 +133,7 @@ async fn first_content(
     ctx: &mut RequestCtx,
     up: &mut Conn,
     watch: &mut StreamWatch,
+    strip: &mut Option<UsageStrip>,
 ) -> Result<Option<BytesMut>, Failure> {
     let target = a.target;
     let name = &target.provider.name;
@@ -130,7 +144,7 @@ async fn first_content(
             Step::Chunk(chunk) => {
                 watch.feed(&chunk, ctx.delivered.as_mut());
                 take_tokens(ctx, watch.tokens);
-                held.extend_from_slice(&chunk);
+                held.extend_from_slice(&relayed(strip, chunk));
                 if held.len() > MAX_HELD {
                     up.shutdown().await;
                     return a.failed(
@@ -184,19 +198,23 @@ async fn first_content(
     Ok(Some(held))
 }
 
+/// `strip_usage`: the client did not ask for usage, so the usage the gateway asked for is
+/// taken out of what it sees.
 pub async fn stream(
     a: &mut Attempt<'_>,
     session: &mut Session,
     ctx: &mut RequestCtx,
     mut up: Conn,
+    strip_usage: bool,
 ) -> Result<(), Failure> {
     let target = a.target;
     let name = &target.provider.name;
     let times = a.times;
-    let mut watch = StreamWatch::new(ctx.capture.is_some() || ctx.delivered.is_some());
+    let mut watch = StreamWatch::new(ctx.capture.is_some());
+    let mut strip = strip_usage.then(UsageStrip::new);
     // Hold the client's headers until the first content (or terminal) event: a stream that
     // dies before it is still a clean failover.
-    let Some(held) = first_content(a, session, ctx, &mut up, &mut watch).await? else {
+    let Some(held) = first_content(a, session, ctx, &mut up, &mut watch, &mut strip).await? else {
         return Ok(());
     };
     a.established(ctx);
@@ -230,6 +248,10 @@ pub async fn stream(
                     // and must find the answer.
                     commit(a, ctx, &mut watch).await;
                 }
+                let chunk = relayed(&mut strip, chunk);
+                if chunk.is_empty() {
+                    continue;
+                }
                 if session.write_response_body(chunk, false).await.is_err() {
                     ctx.status = 499;
                     up.shutdown().await;
@@ -245,11 +267,8 @@ pub async fn stream(
             Step::Draining if watch.done => {
                 // Everything was delivered; only the upstream's end of body was outstanding.
                 up.shutdown().await;
-                if session
-                    .write_response_body(Bytes::new(), true)
-                    .await
-                    .is_err()
-                {
+                let rest = strip.as_mut().map(UsageStrip::finish).unwrap_or_default();
+                if session.write_response_body(rest, true).await.is_err() {
                     ctx.status = 499;
                 }
                 return Ok(());
@@ -277,7 +296,15 @@ pub async fn stream(
     };
     let eof = failure.is_none();
     // Whatever the gateway appends must be an event of its own, not the end of the upstream's.
-    let mut tail = BytesMut::from(watch.end(eof, ctx.delivered.as_mut()));
+    let close = watch.end(eof, ctx.delivered.as_mut());
+    let mut tail = BytesMut::new();
+    match &mut strip {
+        Some(s) => {
+            tail.extend_from_slice(&s.push(Bytes::from_static(close)));
+            tail.extend_from_slice(&s.finish());
+        }
+        None => tail.extend_from_slice(close),
+    }
     take_tokens(ctx, watch.tokens);
     let failure = failure.or_else(|| {
         (!watch.complete()).then(|| {

@@ -472,6 +472,8 @@ async fn finish(
     }
     out.ctx.prompt_tokens = Some(usage.prompt_tokens);
     out.ctx.completion_tokens = Some(usage.completion_tokens);
+    out.ctx.cached_tokens = Some(usage.cached_tokens);
+    out.ctx.reasoning_tokens = Some(usage.reasoning_tokens);
     // Before the last bytes go out: the session's next turn may follow at once.
     decoder.on_finish(&a.hooks()).await;
     let content = decoder

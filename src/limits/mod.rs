@@ -346,8 +346,18 @@ pub fn prompt_tokens(messages: &[Box<serde_json::value::RawValue>]) -> u64 {
 
 /// USD for `prompt` and `completion` tokens at `cost` (per 1M tokens).
 pub fn usd(cost: Option<Cost>, prompt: u64, completion: u64) -> f64 {
+    usd_cached(cost, prompt, 0, completion)
+}
+
+/// USD for `prompt` tokens, `cached` of which were read from the upstream's prompt cache
+/// (priced at `cached_input`), and `completion` tokens at `cost` (per 1M tokens).
+pub fn usd_cached(cost: Option<Cost>, prompt: u64, cached: u64, completion: u64) -> f64 {
     cost.map_or(0.0, |c| {
-        (prompt as f64 * c.input + completion as f64 * c.output) / 1_000_000.0
+        let cached = cached.min(prompt);
+        ((prompt - cached) as f64 * c.input
+            + cached as f64 * c.cached_input
+            + completion as f64 * c.output)
+            / 1_000_000.0
     })
 }
 
@@ -512,16 +522,14 @@ mod tests {
     #[test]
     fn counts_tokens() {
         assert!(count_tokens("hello world") >= 2);
-        assert_eq!(
-            usd(
-                Some(Cost {
-                    input: 1.0,
-                    output: 2.0
-                }),
-                1_000_000,
-                500_000
-            ),
-            2.0
-        );
+        let cost = Some(Cost {
+            input: 1.0,
+            output: 2.0,
+            cached_input: 0.25,
+        });
+        assert_eq!(usd(cost, 1_000_000, 500_000), 2.0);
+        assert_eq!(usd_cached(cost, 1_000_000, 400_000, 500_000), 1.7);
+        // More cached than prompt tokens (a confused upstream) prices no token twice.
+        assert_eq!(usd_cached(cost, 100, 1_000, 0), 0.000025);
     }
 }

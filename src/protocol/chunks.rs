@@ -12,6 +12,9 @@ pub struct Usage {
     /// Prompt tokens read from the upstream's prompt cache (part of `prompt_tokens`); shown as
     /// `prompt_tokens_details.cached_tokens` when not zero.
     pub cached_tokens: u64,
+    /// Completion tokens the model spent reasoning (part of `completion_tokens`); shown as
+    /// `completion_tokens_details.reasoning_tokens` when not zero.
+    pub reasoning_tokens: u64,
 }
 
 /// Usage as OpenAI writes it.
@@ -22,11 +25,18 @@ struct UsageOut {
     total_tokens: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     prompt_tokens_details: Option<CachedOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    completion_tokens_details: Option<ReasoningOut>,
 }
 
 #[derive(Serialize)]
 struct CachedOut {
     cached_tokens: u64,
+}
+
+#[derive(Serialize)]
+struct ReasoningOut {
+    reasoning_tokens: u64,
 }
 
 impl Usage {
@@ -37,6 +47,9 @@ impl Usage {
             total_tokens: self.total_tokens,
             prompt_tokens_details: (self.cached_tokens > 0).then_some(CachedOut {
                 cached_tokens: self.cached_tokens,
+            }),
+            completion_tokens_details: (self.reasoning_tokens > 0).then_some(ReasoningOut {
+                reasoning_tokens: self.reasoning_tokens,
             }),
         }
     }
@@ -334,12 +347,12 @@ mod tests {
     }
 
     #[test]
-    fn cached_tokens_show_only_when_there_are_some() {
+    fn cached_and_reasoning_tokens_show_only_when_there_are_some() {
         let mut u = Usage {
             prompt_tokens: 10,
             completion_tokens: 2,
             total_tokens: 12,
-            cached_tokens: 0,
+            ..Usage::default()
         };
         let plain = json_of(&writer().usage(u));
         assert_eq!(
@@ -350,6 +363,14 @@ mod tests {
         let cached = json_of(&writer().completion("a", "", &[], "stop", u));
         assert_eq!(cached["usage"]["prompt_tokens_details"]["cached_tokens"], 8);
         assert_eq!(cached["usage"]["prompt_tokens"], 10);
+        assert!(cached["usage"].get("completion_tokens_details").is_none());
+        u.reasoning_tokens = 1;
+        let reasoned = json_of(&writer().usage(u));
+        assert_eq!(
+            reasoned["usage"]["completion_tokens_details"],
+            json!({"reasoning_tokens": 1})
+        );
+        assert_eq!(reasoned["usage"]["completion_tokens"], 2);
     }
 
     #[test]

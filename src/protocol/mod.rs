@@ -1,6 +1,7 @@
 //! OpenAI wire formats: the chat-completions request as the gateway reads it, the
 //! Server-Sent Events framing of streamed answers, the chunks the gateway writes itself, the
-//! observation of relayed OpenAI streams, the request features routing compares, and the neutral complete [`Answer`].
+//! observation of relayed OpenAI streams (and the removal of the usage a client did not ask
+//! for), the request features routing compares, and the neutral complete [`Answer`].
 
 pub mod answer;
 pub mod anthropic;
@@ -9,6 +10,7 @@ pub mod features;
 pub mod request;
 pub mod responses;
 pub mod sse;
+pub mod strip;
 pub mod watch;
 
 pub use answer::Answer;

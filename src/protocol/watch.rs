@@ -19,15 +19,40 @@ struct UsageView {
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
     total_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    completion_tokens_details: Option<CompletionDetails>,
+}
+
+#[derive(Deserialize, Default)]
+struct PromptDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+struct CompletionDetails {
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
 }
 
 impl UsageView {
+    fn cached(&self) -> Option<u64> {
+        self.prompt_tokens_details.as_ref()?.cached_tokens
+    }
+
+    fn reasoning(&self) -> Option<u64> {
+        self.completion_tokens_details.as_ref()?.reasoning_tokens
+    }
+
     fn usage(&self) -> Usage {
         Usage {
             prompt_tokens: self.prompt_tokens.unwrap_or(0),
             completion_tokens: self.completion_tokens.unwrap_or(0),
             total_tokens: self.total_tokens.unwrap_or(0),
-            cached_tokens: 0,
+            cached_tokens: self.cached().unwrap_or(0),
+            reasoning_tokens: self.reasoning().unwrap_or(0),
         }
     }
 }
@@ -118,12 +143,18 @@ impl View<'_> {
 pub struct Tokens {
     pub prompt: Option<u64>,
     pub completion: Option<u64>,
+    /// Prompt tokens read from the upstream's prompt cache (part of `prompt`).
+    pub cached: Option<u64>,
+    /// Completion tokens spent reasoning (part of `completion`).
+    pub reasoning: Option<u64>,
 }
 
 impl Tokens {
     fn take(&mut self, u: &UsageView) {
         self.prompt = u.prompt_tokens.or(self.prompt);
         self.completion = u.completion_tokens.or(self.completion);
+        self.cached = u.cached().or(self.cached);
+        self.reasoning = u.reasoning().or(self.reasoning);
     }
 }
 
@@ -174,14 +205,14 @@ pub struct StreamWatch {
     /// An in-stream error that arrived before any content.
     pub early_error: Option<String>,
     pub tokens: Tokens,
-    /// The answer rebuilt from the chunks, when it is wanted (cache or token charging).
+    /// The answer rebuilt from the chunks, when it is wanted (for the cache).
     pub answer: Option<Answer>,
     /// The stream cannot be reduced to one answer (several choices, tool calls, too large).
     pub uncacheable: bool,
 }
 
 impl StreamWatch {
-    /// `keep_answer`: rebuild the answer (for the cache, or to charge delivered text).
+    /// `keep_answer`: rebuild the answer (for the cache).
     pub fn new(keep_answer: bool) -> Self {
         StreamWatch {
             answer: keep_answer.then(Answer::default),
@@ -230,12 +261,11 @@ impl StreamWatch {
                 self.choices.note(c.index, c.finish_reason.is_some());
                 self.finished |= c.finish_reason.is_some();
             }
+            if let Some(d) = delivered.as_deref_mut() {
+                add_delivered(d, &v);
+            }
             if let Some(a) = &mut self.answer {
-                let before = a.content.len();
                 add_chunk(a, &mut self.uncacheable, &v);
-                if let Some(d) = delivered.as_deref_mut() {
-                    d.push_str(&a.content[before..]);
-                }
             }
         }
         let n = events.len();
@@ -284,11 +314,23 @@ impl StreamWatch {
     }
 }
 
+/// Adds the content of one streamed chunk to the text delivered (what is charged when the
+/// upstream reports no usage), up to [`MAX_KEPT`].
+fn add_delivered(d: &mut String, v: &View<'_>) {
+    for c in &v.choices {
+        let text = c.delta.as_ref().and_then(|d| d.content.as_deref());
+        if let Some(t) = text.filter(|t| d.len() + t.len() <= MAX_KEPT) {
+            d.push_str(t);
+        }
+    }
+}
+
 /// Adds one streamed chunk to an answer; multi-choice streams and tool calls are not part of
 /// the normalized answer.
 fn add_chunk(a: &mut Answer, uncacheable: &mut bool, v: &View<'_>) {
-    if let Some(m) = &v.model {
-        a.model = m.to_string();
+    // Every chunk names the model; it is copied once, not once a chunk.
+    if let Some(m) = v.model.as_deref().filter(|m| *m != a.model) {
+        a.model = m.to_owned();
     }
     if let Some(c) = v.created {
         a.created = c;
@@ -412,6 +454,33 @@ mod tests {
             assert_eq!(answer.finish_reason, "stop");
             assert_eq!((answer.model.as_str(), answer.created), ("m", 5));
         }
+    }
+
+    #[test]
+    fn delivered_text_and_token_details_need_no_rebuilt_answer() {
+        let mut w = StreamWatch::new(false);
+        let mut delivered = String::new();
+        w.feed(STREAM.as_bytes(), Some(&mut delivered));
+        assert_eq!(delivered, "Helélo");
+        assert!(w.answer.is_none());
+        assert_eq!((w.tokens.cached, w.tokens.reasoning), (None, None));
+        w.feed(
+            br#"data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":4,"total_tokens":13,"prompt_tokens_details":{"cached_tokens":6},"completion_tokens_details":{"reasoning_tokens":3}}}
+
+"#,
+            None,
+        );
+        let t = w.tokens;
+        assert_eq!(
+            (t.prompt, t.completion, t.cached, t.reasoning),
+            (Some(9), Some(4), Some(6), Some(3))
+        );
+        let c = completion(
+            br#"{"choices":[{"index":0,"message":{"content":"a"},"finish_reason":"stop"}],"usage":{"prompt_tokens":2,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":1}}}"#,
+            true,
+        );
+        assert_eq!((c.tokens.cached, c.tokens.reasoning), (Some(1), None));
+        assert_eq!(c.answer.unwrap().usage.cached_tokens, 1);
     }
 
     #[test]

@@ -164,14 +164,29 @@ impl Gateway {
                 .with_label_values(&[scenario, provider, "completion"])
                 .inc_by(n);
         }
+        // Parts of the two above, counted again on their own (only when there are some).
+        for (kind, n) in [
+            ("cached", ctx.cached_tokens),
+            ("reasoning", ctx.reasoning_tokens),
+        ] {
+            if let Some(n) = n.filter(|n| *n > 0) {
+                m.tokens_total
+                    .with_label_values(&[scenario, provider, kind])
+                    .inc_by(n);
+            }
+        }
+        if ctx.usage_estimated {
+            m.usage_estimated_total.with_label_values(&[provider]).inc();
+        }
         // Cache hits cost nothing; every other answer is priced from the target's `cost`.
         let spent = ctx.spent.unwrap_or_else(|| {
             if ctx.cache == CacheState::Hit {
                 0.0
             } else {
-                crate::limits::usd(
+                crate::limits::usd_cached(
                     ctx.cost,
                     ctx.prompt_tokens.unwrap_or(0),
+                    ctx.cached_tokens.unwrap_or(0),
                     ctx.completion_tokens.unwrap_or(0),
                 )
             }

@@ -65,6 +65,15 @@ pub struct DifyKnobs {
     pub latency: Duration,
     /// `Retry-After` seconds on `fail_with` answers.
     pub retry_after: Option<u64>,
+    /// Chat-family answers start with this thinking, as `reasoning_chunk` events (an LLM node
+    /// with `reasoning_format: separated`, Dify ≥ 1.x).
+    pub reasoning_chunks: Option<&'static str>,
+    /// Chat-family answers start with `<think>` this `</think>` (the default "tagged" format),
+    /// cut across the answer's events wherever `pieces` cuts it.
+    pub think: Option<&'static str>,
+    /// `message_end` usage also reports (cached prompt, reasoning completion) tokens the
+    /// OpenAI way (`prompt_tokens_details`, `completion_tokens_details`).
+    pub usage_details: Option<(u64, u64)>,
 }
 
 impl Default for DifyKnobs {
@@ -79,6 +88,9 @@ impl Default for DifyKnobs {
             pieces: 3,
             latency: Duration::ZERO,
             retry_after: None,
+            reasoning_chunks: None,
+            think: None,
+            usage_details: None,
         }
     }
 }
@@ -386,11 +398,22 @@ fn events(
     if mode == Mode::Agent {
         out.push(env(json!({"event": "agent_thought", "id": "th-1", "task_id": task, "position": 1, "thought": "", "observation": "", "tool": "", "tool_input": "", "message_files": []})));
     }
+    let chat_family = !matches!(mode, Mode::Workflow | Mode::Completion);
+    if let Some(thought) = k.reasoning_chunks.filter(|_| chat_family) {
+        let pieces = split(thought, 2);
+        for (i, piece) in pieces.iter().enumerate() {
+            out.push(env(json!({"event": "reasoning_chunk", "task_id": task, "data": {"message_id": message, "node_id": "llm", "reasoning": piece, "is_final": i + 1 == pieces.len()}})));
+        }
+    }
+    let tagged = match k.think.filter(|_| chat_family) {
+        Some(thought) => format!("<think>{thought}</think>\n\n{answer}"),
+        None => answer.to_owned(),
+    };
     // A workflow whose LLM node fails streams no text before it finishes as failed.
     let parts = if mode == Mode::Workflow && k.workflow_fails {
         vec![]
     } else {
-        split(answer, k.pieces)
+        split(&tagged, k.pieces)
     };
     for (i, part) in parts.iter().enumerate() {
         if k.cut_after == Some(i) {
@@ -432,7 +455,12 @@ fn events(
             if mode == Mode::Chatflow {
                 out.push(env(json!({"event": "workflow_finished", "task_id": task, "data": {"id": "run", "status": "succeeded", "outputs": {"answer": answer}, "total_tokens": 7 + tokens}})));
             }
-            out.push(env(json!({"event": "message_end", "task_id": task, "id": message, "metadata": {"usage": {"prompt_tokens": 7, "completion_tokens": tokens, "total_tokens": 7 + tokens, "total_price": "0.0001", "currency": "USD", "latency": 0.5}, "retriever_resources": []}, "files": []})));
+            let mut usage = json!({"prompt_tokens": 7, "completion_tokens": tokens, "total_tokens": 7 + tokens, "total_price": "0.0001", "currency": "USD", "latency": 0.5});
+            if let Some((cached, reasoning)) = k.usage_details {
+                usage["prompt_tokens_details"] = json!({"cached_tokens": cached});
+                usage["completion_tokens_details"] = json!({"reasoning_tokens": reasoning});
+            }
+            out.push(env(json!({"event": "message_end", "task_id": task, "id": message, "metadata": {"usage": usage, "retriever_resources": []}, "files": []})));
             out.push(env(
                 json!({"event": "tts_message_end", "task_id": task, "audio": ""}),
             ));

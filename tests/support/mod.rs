@@ -78,6 +78,14 @@ pub struct Knobs {
     /// Answer with this tool call (name, JSON arguments) instead of text, when the request
     /// offers tools.
     pub tool_call: Option<(String, String)>,
+    /// Report no usage, even when asked (an upstream that ignores `include_usage`).
+    pub omit_usage: bool,
+    /// The `prompt_tokens` the usage reports.
+    pub prompt_tokens: u64,
+    /// Report `prompt_tokens_details.cached_tokens` in the usage.
+    pub cached_tokens: Option<u64>,
+    /// Report `completion_tokens_details.reasoning_tokens` in the usage.
+    pub reasoning_tokens: Option<u64>,
 }
 
 impl Default for Knobs {
@@ -99,6 +107,10 @@ impl Default for Knobs {
             omit_done: false,
             fail_models: Vec::new(),
             tool_call: None,
+            omit_usage: false,
+            prompt_tokens: 11,
+            cached_tokens: None,
+            reasoning_tokens: None,
         }
     }
 }
@@ -324,9 +336,17 @@ async fn completions(State(state): State<Arc<MockState>>, req: axum::extract::Re
     let stream = req["stream"].as_bool().unwrap_or(false);
     let include_usage = req["stream_options"]["include_usage"]
         .as_bool()
-        .unwrap_or(false);
+        .unwrap_or(false)
+        && !knobs.omit_usage;
     let completion_tokens = knobs.content.split_whitespace().count() as u64;
-    let usage = json!({"prompt_tokens": 11, "completion_tokens": completion_tokens, "total_tokens": 11 + completion_tokens});
+    let prompt_tokens = knobs.prompt_tokens;
+    let mut usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
+    if let Some(n) = knobs.cached_tokens {
+        usage["prompt_tokens_details"] = json!({"cached_tokens": n, "audio_tokens": 0});
+    }
+    if let Some(n) = knobs.reasoning_tokens {
+        usage["completion_tokens_details"] = json!({"reasoning_tokens": n, "audio_tokens": 0});
+    }
     let tool_call = knobs
         .tool_call
         .clone()
@@ -335,7 +355,7 @@ async fn completions(State(state): State<Arc<MockState>>, req: axum::extract::Re
         return tool_call_answer(&model, stream, &name, &arguments, &usage);
     }
     if !stream {
-        let answer = json!({
+        let mut answer = json!({
             "id": "chatcmpl-mock",
             "object": "chat.completion",
             "created": MOCK_CREATED,
@@ -343,6 +363,9 @@ async fn completions(State(state): State<Arc<MockState>>, req: axum::extract::Re
             "choices": [{"index": 0, "message": {"role": "assistant", "content": knobs.content}, "finish_reason": "stop", "logprobs": null}],
             "usage": usage,
         });
+        if knobs.omit_usage {
+            answer.as_object_mut().unwrap().remove("usage");
+        }
         return Response::builder()
             .status(200)
             .header("content-type", "application/json")
@@ -350,9 +373,14 @@ async fn completions(State(state): State<Arc<MockState>>, req: axum::extract::Re
             .body(Body::from(answer.to_string()))
             .unwrap();
     }
+    // As OpenAI does once asked for usage: `"usage": null` on every chunk but the last.
     let chunk = |delta: Value, finish: Value| {
-        json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": MOCK_CREATED, "model": model,
-               "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}]})
+        let mut c = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": MOCK_CREATED, "model": model,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}]});
+        if include_usage {
+            c["usage"] = Value::Null;
+        }
+        c
     };
     let mut events: Vec<Option<String>> = vec![Some(
         chunk(json!({"role": "assistant", "content": ""}), Value::Null).to_string(),

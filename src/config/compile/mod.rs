@@ -359,6 +359,7 @@ scenarios:
     targets:
       - { provider: o, system_prompt: a, system_prompt_file: b.md, params: { stream: true } }
       - { provider: o, weight: 0, cost: { input: -1, output: 1 } }
+      - { provider: o, cost: { input: 1, output: 1, cached_input: -0.5 } }
   t: { targets: [] }
 "#;
         let e = errors(yaml);
@@ -376,6 +377,7 @@ scenarios:
             "scenarios.s.targets[0].params.stream: error: is set by the gateway",
             "scenarios.s.targets[1].weight: error: must be at least 1",
             "scenarios.s.targets[1].cost: error: input and output must be non-negative",
+            "scenarios.s.targets[2].cost.cached_input: error: must be a non-negative number",
             "scenarios.t.targets: error: at least one target is required",
         ] {
             assert!(e.contains(want), "missing {want:?} in:\n{e}");

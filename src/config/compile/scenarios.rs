@@ -209,6 +209,12 @@ fn target(
                 "input and output must be non-negative numbers",
             );
         }
+        if c.cached_input.is_some_and(|p| !(p >= 0.0 && p.is_finite())) {
+            cx.error(
+                format!("{tkey}.cost.cached_input"),
+                "must be a non-negative number",
+            );
+        }
     }
     let system_prompt = system_prompt(cx, tkey, t, scope.base_dir)
         .map(|src| add_template(cx, templates, &format!("{tkey}.system_prompt"), src));
@@ -241,6 +247,7 @@ fn target(
         cost: t.cost.map(|c| Cost {
             input: c.input,
             output: c.output,
+            cached_input: c.cached_input.unwrap_or(c.input),
         }),
         system_prompt,
         system_prompt_mode: t.system_prompt_mode.unwrap_or_default(),

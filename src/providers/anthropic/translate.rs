@@ -194,6 +194,8 @@ impl Translator {
             completion_tokens: completion,
             total_tokens: prompt + completion,
             cached_tokens: cached,
+            // Claude counts thinking in `output_tokens` and reports no separate number.
+            reasoning_tokens: 0,
         }
     }
 

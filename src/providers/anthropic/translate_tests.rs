@@ -121,7 +121,7 @@ fn thinking_text_and_a_tool_call() {
             r#"ToolCall(ToolCallPiece { index: 0, id: Some("toolu_01T1x1fJ34qAmk2tNTrN7Up6"), name: Some("get_weather"), arguments: "" }), "#,
             r#"ToolCall(ToolCallPiece { index: 0, id: None, name: None, arguments: "{\"location\": \"Par" }), "#,
             r#"ToolCall(ToolCallPiece { index: 0, id: None, name: None, arguments: "is\"}" }), "#,
-            r#"Finish { reason: "tool_calls", usage: Usage { prompt_tokens: 472, completion_tokens: 89, total_tokens: 561, cached_tokens: 0 } }]"#,
+            r#"Finish { reason: "tool_calls", usage: Usage { prompt_tokens: 472, completion_tokens: 89, total_tokens: 561, cached_tokens: 0, reasoning_tokens: 0 } }]"#,
         )
     );
     let (_, tr) = run(&[THINK_TEXT_TOOL.as_bytes()]);
@@ -140,7 +140,7 @@ fn tool_calls_from_block_zero_and_a_call_without_arguments() {
             r#"ToolCall(ToolCallPiece { index: 0, id: None, name: None, arguments: "{\"q\":1}" }), "#,
             r#"ToolCall(ToolCallPiece { index: 1, id: Some("toolu_b"), name: Some("now"), arguments: "" }), "#,
             r#"ToolCall(ToolCallPiece { index: 1, id: None, name: None, arguments: "{}" }), "#,
-            r#"Finish { reason: "tool_calls", usage: Usage { prompt_tokens: 30, completion_tokens: 40, total_tokens: 70, cached_tokens: 0 } }]"#,
+            r#"Finish { reason: "tool_calls", usage: Usage { prompt_tokens: 30, completion_tokens: 40, total_tokens: 70, cached_tokens: 0, reasoning_tokens: 0 } }]"#,
         )
     );
 }
@@ -173,7 +173,7 @@ fn usage_counts_cached_prompt_tokens() {
     let (out, tr) = run(&[stream("end_turn", r#"{"output_tokens":50}"#).as_bytes()]);
     assert_eq!(
         format!("{out:?}"),
-        r#"[Text("Hi"), Finish { reason: "stop", usage: Usage { prompt_tokens: 1320, completion_tokens: 50, total_tokens: 1370, cached_tokens: 1000 } }]"#
+        r#"[Text("Hi"), Finish { reason: "stop", usage: Usage { prompt_tokens: 1320, completion_tokens: 50, total_tokens: 1370, cached_tokens: 1000, reasoning_tokens: 0 } }]"#
     );
     assert_eq!(tr.usage().cached_tokens, 1000);
     // Newer APIs repeat the input counts in message_delta; the later counts win.
@@ -184,7 +184,7 @@ fn usage_counts_cached_prompt_tokens() {
     .as_bytes()]);
     assert!(
         format!("{out:?}").contains(
-            "Usage { prompt_tokens: 1025, completion_tokens: 7, total_tokens: 1032, cached_tokens: 1000 }"
+            "Usage { prompt_tokens: 1025, completion_tokens: 7, total_tokens: 1032, cached_tokens: 1000, reasoning_tokens: 0 }"
         ),
         "{out:?}"
     );
@@ -234,7 +234,7 @@ fn message_stop_ends_an_answer_without_message_delta_and_pings_pass() {
     let (out, _) = run(&[text.as_bytes()]);
     assert_eq!(
         format!("{out:?}"),
-        r#"[Ping, Text("ok"), Finish { reason: "stop", usage: Usage { prompt_tokens: 3, completion_tokens: 1, total_tokens: 4, cached_tokens: 0 } }]"#
+        r#"[Ping, Text("ok"), Finish { reason: "stop", usage: Usage { prompt_tokens: 3, completion_tokens: 1, total_tokens: 4, cached_tokens: 0, reasoning_tokens: 0 } }]"#
     );
 }
 
@@ -273,7 +273,7 @@ fn a_whole_message_decodes_like_its_stream() {
             r#"ToolCall(ToolCallPiece { index: 1, id: Some("toolu_2"), name: Some("g"), arguments: "" }), "#,
             r#"ToolCall(ToolCallPiece { index: 1, id: None, name: None, arguments: "{}" }), "#,
             r#"StopSequence("END"), "#,
-            r#"Finish { reason: "stop", usage: Usage { prompt_tokens: 15, completion_tokens: 7, total_tokens: 22, cached_tokens: 10 } }]"#,
+            r#"Finish { reason: "stop", usage: Usage { prompt_tokens: 15, completion_tokens: 7, total_tokens: 22, cached_tokens: 10, reasoning_tokens: 0 } }]"#,
         )
     );
     assert_eq!(tr.id.as_deref(), Some("chatcmpl-msg_06"));

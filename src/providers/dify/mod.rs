@@ -9,6 +9,7 @@
 
 pub mod errors;
 pub mod request;
+mod think;
 pub mod translate;
 pub mod turns;
 pub mod upload;

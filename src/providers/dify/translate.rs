@@ -1,10 +1,14 @@
 //! Dify stream events → provider-neutral answer events, event by event (spec §3, §8).
+//! With the provider's `reasoning: true`, agent thoughts, Dify 1.x `reasoning_chunk` events and
+//! a `<think>…</think>` at the start of the answer (`think.rs`) become reasoning; without it
+//! the first two are dropped and the tags stay in the text.
 //!
 //! The translator is fed parsed SSE events and emits [`crate::providers::Event`]s; it knows nothing of sockets,
 //! so the same code serves streamed and aggregated answers and is unit-tested on recorded
 //! streams split at every byte.
 
 use super::errors::map as map_error;
+use super::think::ThinkSplit;
 use crate::config::DifyApp;
 use crate::error::GatewayError;
 use crate::protocol::chunks::Usage;
@@ -33,6 +37,9 @@ pub struct Translator {
     thoughts: HashMap<String, Thought>,
     streamed_text: bool,
     replaced: Option<String>,
+    /// The answer's leading `<think>…</think>`, when `reasoning` (boxed: it keeps the
+    /// decoder enum's variants close in size).
+    think: Option<Box<ThinkSplit>>,
     pub finished: bool,
 }
 
@@ -79,6 +86,7 @@ impl Translator {
             thoughts: HashMap::new(),
             streamed_text: false,
             replaced: None,
+            think: reasoning.then(Box::default),
             finished: false,
         }
     }
@@ -107,7 +115,18 @@ impl Translator {
         }
     }
 
+    /// Answer text, its leading thinking split off when the provider gives reasoning.
+    fn text(&mut self, text: &str, out: &mut Vec<Out>) {
+        match &mut self.think {
+            Some(think) => think.push(text, out),
+            None => out.push(Out::Text(text.to_owned())),
+        }
+    }
+
     fn finish(&mut self, usage: Usage, out: &mut Vec<Out>) {
+        if let Some(think) = &mut self.think {
+            think.finish(out);
+        }
         self.finished = true;
         let reason = if self.replaced.is_some() {
             "content_filter"
@@ -163,13 +182,21 @@ impl Translator {
         match event {
             "message" | "agent_message" => {
                 if let Some(a) = str_of(&v, "answer") {
-                    out.push(Out::Text(a.to_owned()));
+                    self.text(a, out);
                 }
             }
             "text_chunk" => {
                 if let Some(t) = v.get("data").and_then(|d| str_of(d, "text")) {
                     self.streamed_text = true;
-                    out.push(Out::Text(t.to_owned()));
+                    self.text(t, out);
+                }
+            }
+            // Dify ≥ 1.x, an LLM node with `reasoning_format: separated`: the thinking comes
+            // in events of its own, `data.reasoning` (`is_final` marks the last).
+            "reasoning_chunk" if self.reasoning => {
+                let d = &v["data"];
+                if let Some(t) = str_of(d, "reasoning").or_else(|| str_of(d, "text")) {
+                    out.push(Out::Reasoning(t.to_owned()));
                 }
             }
             "agent_thought" if self.reasoning => {
@@ -202,7 +229,7 @@ impl Translator {
                     } else {
                         format!("\n[file]({url})\n")
                     };
-                    out.push(Out::Text(link));
+                    self.text(&link, out);
                 }
             }
             "message_replace" => {
@@ -221,12 +248,17 @@ impl Translator {
                 let prompt = u64_of(&u["prompt_tokens"]);
                 let completion = u64_of(&u["completion_tokens"]);
                 let total = u64_of(&u["total_tokens"]).max(prompt + completion);
+                // Dify's own usage has no such counts; a build or model plugin that reports
+                // them the OpenAI way has them carried through.
                 self.finish(
                     Usage {
                         prompt_tokens: prompt,
                         completion_tokens: completion,
                         total_tokens: total,
-                        cached_tokens: 0,
+                        cached_tokens: u64_of(&u["prompt_tokens_details"]["cached_tokens"]),
+                        reasoning_tokens: u64_of(
+                            &u["completion_tokens_details"]["reasoning_tokens"],
+                        ),
                     },
                     out,
                 );
@@ -253,7 +285,7 @@ impl Translator {
                             if let Some(answer) =
                                 d.get("outputs").and_then(|o| self.workflow_answer(o))
                             {
-                                out.push(Out::Text(answer));
+                                self.text(&answer, out);
                             }
                         }
                         let total = u64_of(&d["total_tokens"]);
@@ -262,7 +294,7 @@ impl Translator {
                                 prompt_tokens: total,
                                 completion_tokens: 0,
                                 total_tokens: total,
-                                cached_tokens: 0,
+                                ..Usage::default()
                             },
                             out,
                         );
@@ -365,7 +397,7 @@ mod tests {
         let out = same_at_every_split(DifyApp::Chat, false, None, CHAT);
         assert_eq!(
             out,
-            r#"[Text("你好"), Ping, Text(", world"), Text("\n![image](https://dify.example/files/x.png?sig=1)\n"), Finish { reason: "stop", usage: Usage { prompt_tokens: 10, completion_tokens: 5, total_tokens: 15, cached_tokens: 0 } }]"#
+            r#"[Text("你好"), Ping, Text(", world"), Text("\n![image](https://dify.example/files/x.png?sig=1)\n"), Finish { reason: "stop", usage: Usage { prompt_tokens: 10, completion_tokens: 5, total_tokens: 15, cached_tokens: 0, reasoning_tokens: 0 } }]"#
         );
         let (_, tr) = run(DifyApp::Chat, false, None, &[CHAT.as_bytes()]);
         assert_eq!(tr.id.as_deref(), Some("chatcmpl-m-1"));
@@ -379,7 +411,7 @@ mod tests {
         let out = same_at_every_split(DifyApp::Agent, true, None, AGENT);
         assert_eq!(
             out,
-            r#"[Text("Let me check."), Reasoning("I should search"), Reasoning("\n[search] 3 results\n"), Text(" Done."), Finish { reason: "stop", usage: Usage { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7, cached_tokens: 0 } }]"#
+            r#"[Text("Let me check."), Reasoning("I should search"), Reasoning("\n[search] 3 results\n"), Text(" Done."), Finish { reason: "stop", usage: Usage { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7, cached_tokens: 0, reasoning_tokens: 0 } }]"#
         );
         let out = same_at_every_split(DifyApp::Agent, false, None, AGENT);
         assert!(
@@ -388,12 +420,93 @@ mod tests {
         );
     }
 
+    const SEPARATED: &str = concat!(
+        "data: {\"event\":\"reasoning_chunk\",\"task_id\":\"t\",\"message_id\":\"m\",\"data\":{\"message_id\":\"m\",\"node_id\":\"llm\",\"reasoning\":\"Compare \",\"is_final\":false}}\n\n",
+        "data: {\"event\":\"reasoning_chunk\",\"task_id\":\"t\",\"message_id\":\"m\",\"data\":{\"message_id\":\"m\",\"node_id\":\"llm\",\"reasoning\":\"them.\",\"is_final\":true}}\n\n",
+        "data: {\"event\":\"message\",\"task_id\":\"t\",\"message_id\":\"m\",\"answer\":\"9.8 is larger.\"}\n\n",
+        "data: {\"event\":\"message_end\",\"task_id\":\"t\",\"message_id\":\"m\",\"metadata\":{\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":9,\"total_tokens\":14,\"prompt_tokens_details\":{\"cached_tokens\":2},\"completion_tokens_details\":{\"reasoning_tokens\":6}}}}\n\n",
+    );
+
+    #[test]
+    fn reasoning_chunks_are_reasoning_only_when_asked() {
+        let out = same_at_every_split(DifyApp::Chatflow, true, None, SEPARATED);
+        assert_eq!(
+            out,
+            r#"[Reasoning("Compare "), Reasoning("them."), Text("9.8 is larger."), Finish { reason: "stop", usage: Usage { prompt_tokens: 5, completion_tokens: 9, total_tokens: 14, cached_tokens: 2, reasoning_tokens: 6 } }]"#
+        );
+        let out = same_at_every_split(DifyApp::Chatflow, false, None, SEPARATED);
+        assert!(
+            out.starts_with(r#"[Text("9.8 is larger."), Finish"#),
+            "{out}"
+        );
+    }
+
+    /// (reasoning, text) of a chat answer sent as two `message` events cut at `cut`.
+    fn think_split_at(answer: &str, cut: usize, reasoning: bool) -> (String, String) {
+        let message = |text: &str| {
+            format!(
+                "data: {{\"event\":\"message\",\"message_id\":\"m\",\"answer\":{}}}\n\n",
+                serde_json::to_string(text).unwrap()
+            )
+        };
+        let stream = format!(
+            "{}{}data: {{\"event\":\"message_end\",\"message_id\":\"m\",\"metadata\":{{}}}}\n\n",
+            message(&answer[..cut]),
+            message(&answer[cut..])
+        );
+        let mut tr = Translator::new(DifyApp::Chat, reasoning, None, "d", String::new());
+        let mut p = SseParser::default();
+        let mut events = Vec::new();
+        p.push(stream.as_bytes(), &mut events).unwrap();
+        let mut outs = Vec::new();
+        for ev in &events {
+            tr.on_event(ev, &mut outs);
+        }
+        assert!(matches!(outs.last(), Some(Out::Finish { .. })), "{outs:?}");
+        let (mut thought, mut text) = (String::new(), String::new());
+        for o in outs {
+            match o {
+                Out::Reasoning(t) => thought.push_str(&t),
+                Out::Text(t) => text.push_str(&t),
+                _ => {}
+            }
+        }
+        (thought, text)
+    }
+
+    #[test]
+    fn a_leading_think_is_split_off_wherever_the_events_cut_it() {
+        let answer = "<think>\n比较 9.11 和 9.8。\n</think>\n\n9.8 is larger.";
+        for cut in (0..=answer.len()).filter(|&i| answer.is_char_boundary(i)) {
+            assert_eq!(
+                think_split_at(answer, cut, true),
+                (
+                    "\n比较 9.11 和 9.8。\n".to_owned(),
+                    "9.8 is larger.".to_owned()
+                ),
+                "cut at {cut}"
+            );
+            assert_eq!(
+                think_split_at(answer, cut, false),
+                (String::new(), answer.to_owned()),
+                "cut at {cut}: without `reasoning` the tags stay"
+            );
+        }
+        let later = "Answer first. <think>not a preamble</think>";
+        for cut in (0..=later.len()).filter(|&i| later.is_char_boundary(i)) {
+            assert_eq!(
+                think_split_at(later, cut, true),
+                (String::new(), later.to_owned())
+            );
+        }
+    }
+
     #[test]
     fn workflow_text_chunks_and_outputs() {
         let out = same_at_every_split(DifyApp::Workflow, false, Some("plan"), WORKFLOW);
         assert_eq!(
             out,
-            r#"[Text("为了"), Text("美丽"), Finish { reason: "stop", usage: Usage { prompt_tokens: 42, completion_tokens: 0, total_tokens: 42, cached_tokens: 0 } }]"#
+            r#"[Text("为了"), Text("美丽"), Finish { reason: "stop", usage: Usage { prompt_tokens: 42, completion_tokens: 0, total_tokens: 42, cached_tokens: 0, reasoning_tokens: 0 } }]"#
         );
         let (_, tr) = run(DifyApp::Workflow, false, None, &[WORKFLOW.as_bytes()]);
         assert_eq!(tr.id.as_deref(), Some("chatcmpl-r-1"));

@@ -1,7 +1,9 @@
 //! OpenAI-compatible upstreams: the request body is the client's, with the target's model,
 //! system prompt and default params applied and the gateway's own fields removed.
 //! Messages are copied as the client's raw JSON text, never re-encoded; the answer is relayed
-//! as it is.
+//! as it is. A stream always asks for `stream_options.include_usage`, so that limits, spend
+//! and metrics count the upstream's real tokens (the relay takes that usage out again for a
+//! client that did not ask for it).
 
 pub mod errors;
 pub mod stream;
@@ -14,7 +16,7 @@ use crate::upstream::Auth;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 pub struct OpenAi<'a>(pub &'a ProviderConfig);
 
@@ -120,6 +122,20 @@ fn system_message(
     }
 }
 
+/// The `stream_options` of a stream: the client's (else the target's param) with
+/// `include_usage: true`, its other options kept.
+fn stream_options(target: &Target, req: &ChatRequest) -> String {
+    let own = req
+        .rest
+        .iter()
+        .find(|(k, _)| k == "stream_options")
+        .and_then(|(_, v)| serde_json::from_str::<Map<String, Value>>(v.get()).ok())
+        .or_else(|| target.params.get("stream_options")?.as_object().cloned());
+    let mut options = own.unwrap_or_default();
+    options.insert("include_usage".into(), Value::Bool(true));
+    Value::Object(options).to_string()
+}
+
 /// The upstream body with `model` as the upstream model, without the fields of `drop`.
 pub fn build_body_with_model(
     target: &Target,
@@ -129,6 +145,8 @@ pub fn build_body_with_model(
     drop: Features,
 ) -> Vec<u8> {
     let (first, skip_client_system) = system_message(target.system_prompt_mode, system, req);
+    let stream_options =
+        (req.stream && !drop.owns_field("stream_options")).then(|| stream_options(target, req));
     let size = req
         .messages
         .iter()
@@ -165,7 +183,7 @@ pub fn build_body_with_model(
     }
     out.push(b']');
     for (k, v) in &req.rest {
-        if drop.owns_field(k) {
+        if drop.owns_field(k) || (k == "stream_options" && stream_options.is_some()) {
             continue;
         }
         push_key(&mut out, &mut first_key, k);
@@ -180,10 +198,15 @@ pub fn build_body_with_model(
         );
     }
     for (k, v) in &target.params {
-        if k != "model" && !req.has_field(k) && !drop.owns_field(k) {
+        let ours = k == "model" || (k == "stream_options" && stream_options.is_some());
+        if !ours && !req.has_field(k) && !drop.owns_field(k) {
             push_key(&mut out, &mut first_key, k);
             out.extend_from_slice(v.to_string().as_bytes());
         }
+    }
+    if let Some(options) = &stream_options {
+        push_key(&mut out, &mut first_key, "stream_options");
+        out.extend_from_slice(options.as_bytes());
     }
     out.push(b'}');
     out
@@ -248,6 +271,31 @@ scenarios:
         assert_eq!(v["max_tokens"], 99);
         assert_eq!(v["user"], "u1");
         assert_eq!(v["metadata"], serde_json::json!({"trace": "t"}));
+    }
+
+    #[test]
+    fn a_stream_always_asks_for_usage_and_keeps_the_clients_other_options() {
+        let cfg = Config::from_str_at(YAML, Path::new("t.yaml")).unwrap();
+        let target = &cfg.scenarios[0].targets[0];
+        let body = |req: &str| -> Value {
+            let req = ChatRequest::parse(req.as_bytes(), &RequestHints::default()).unwrap();
+            serde_json::from_slice(&build_body(target, &req, None, Features::NONE).unwrap())
+                .unwrap()
+        };
+        let plain = body(r#"{"stream":true,"messages":[{"role":"user","content":"q"}]}"#);
+        assert_eq!(
+            plain["stream_options"],
+            serde_json::json!({"include_usage": true})
+        );
+        let own = body(
+            r#"{"stream":true,"stream_options":{"include_usage":false,"continuous_usage_stats":true},"messages":[{"role":"user","content":"q"}]}"#,
+        );
+        assert_eq!(
+            own["stream_options"],
+            serde_json::json!({"include_usage": true, "continuous_usage_stats": true})
+        );
+        let whole = body(r#"{"messages":[{"role":"user","content":"q"}]}"#);
+        assert!(whole.get("stream_options").is_none(), "{whole}");
     }
 
     #[test]

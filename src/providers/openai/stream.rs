@@ -66,6 +66,8 @@ struct UsageView {
     completion_tokens: u64,
     #[serde(default)]
     prompt_tokens_details: Option<Value>,
+    #[serde(default)]
+    completion_tokens_details: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -221,11 +223,17 @@ impl OpenAiStream {
             .as_ref()
             .and_then(|d| d["cached_tokens"].as_u64())
             .unwrap_or(0);
+        let reasoning = u
+            .completion_tokens_details
+            .as_ref()
+            .and_then(|d| d["reasoning_tokens"].as_u64())
+            .unwrap_or(0);
         self.usage = Usage {
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
             total_tokens: u.prompt_tokens + u.completion_tokens,
             cached_tokens: cached,
+            reasoning_tokens: reasoning,
         };
     }
 
@@ -336,7 +344,8 @@ mod tests {
               {"id":"call_a","type":"function","function":{"name":"f","arguments":"{\"x\":1}"}},
               {"id":"call_b","type":"function","function":{"name":"g","arguments":"{}"}}]},
             "finish_reason":"tool_calls"}],
-            "usage":{"prompt_tokens":4,"completion_tokens":6,"prompt_tokens_details":{"cached_tokens":2}}}"#;
+            "usage":{"prompt_tokens":4,"completion_tokens":6,"prompt_tokens_details":{"cached_tokens":2},
+                     "completion_tokens_details":{"reasoning_tokens":3}}}"#;
         let mut d = OpenAiStream::new("p");
         let mut out = Vec::new();
         d.on_body(body, &mut out);
@@ -346,7 +355,7 @@ mod tests {
                 r#"[Reasoning("Think."), Text("Let me look."), "#,
                 r#"ToolCall(ToolCallPiece { index: 0, id: Some("call_a"), name: Some("f"), arguments: "{\"x\":1}" }), "#,
                 r#"ToolCall(ToolCallPiece { index: 1, id: Some("call_b"), name: Some("g"), arguments: "{}" }), "#,
-                r#"Finish { reason: "tool_calls", usage: Usage { prompt_tokens: 4, completion_tokens: 6, total_tokens: 10, cached_tokens: 2 } }]"#,
+                r#"Finish { reason: "tool_calls", usage: Usage { prompt_tokens: 4, completion_tokens: 6, total_tokens: 10, cached_tokens: 2, reasoning_tokens: 3 } }]"#,
             )
         );
         assert_eq!(d.meta().id, Some("chatcmpl-7"));
