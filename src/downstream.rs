@@ -95,8 +95,6 @@ pub struct RequestCtx {
     pub drain: Option<tokio::sync::watch::Receiver<bool>>,
     /// Holds the request in the in-flight count until the context is dropped.
     pub inflight: Option<crate::lifecycle::InFlight>,
-    /// The final object of a `/v1/responses` answer, for the endpoint to store.
-    pub produced: Option<serde_json::Value>,
 }
 
 impl RequestCtx {
@@ -130,7 +128,6 @@ impl RequestCtx {
             error: None,
             drain: None,
             inflight: None,
-            produced: None,
         }
     }
 }

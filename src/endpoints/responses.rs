@@ -12,12 +12,12 @@
 
 use super::pipeline;
 use crate::config::Config;
-use crate::conversations::{ConversationKey, ConversationStore};
+use crate::conversations::ConversationStore;
 use crate::downstream::{self, RequestCtx};
 use crate::error::GatewayError;
 use crate::filters::auth;
 use crate::protocol::responses::request::convert;
-use crate::protocol::responses::stored::{assistant_turn, Stored};
+use crate::protocol::responses::stored::{key, StorePlan, Stored};
 use crate::protocol::responses::{new_id, ResponseMeta};
 use crate::protocol::ChatRequest;
 use crate::state::Shared;
@@ -30,16 +30,6 @@ fn owner(config: &Config, session: &Session, ctx: &mut RequestCtx) -> Result<Str
     let client = auth::authenticate(config, downstream::authorization(session))?;
     ctx.client = client.map(|c| c.name.clone());
     Ok(client.map_or_else(|| "-".to_owned(), |c| c.name.clone()))
-}
-
-/// Where a stored response lives: apart from Dify conversations (no provider is named
-/// `/v1/responses`), per client.
-fn key(owner: &str, id: &str) -> ConversationKey {
-    ConversationKey {
-        target: "/v1/responses".to_owned(),
-        user: owner.to_owned(),
-        session: id.to_owned(),
-    }
 }
 
 fn not_found(id: &str) -> GatewayError {
@@ -98,34 +88,28 @@ pub async fn handle(
     // A stored response starts (or continues) a chain with one session, so upstream-side
     // state carries over to the next response; a client's own session wins.
     let chain = previous
-        .as_ref()
-        .map(|p| p.session.clone())
+        .map(|p| p.session)
         .or_else(|| conv.store.then(|| format!("responses-{id}")));
     if req.session.is_none() {
-        req.session = chain.clone();
+        req.session.clone_from(&chain);
     }
-    req.responses = Some(Box::new(ResponseMeta {
-        id: id.clone(),
-        created_at: now_secs(),
-        echo: std::mem::take(&mut conv.echo),
-    }));
-    let result = pipeline::serve(shared, session, ctx, config, client, req, &hints, body).await;
-    let produced = ctx.produced.take();
-    if let (Ok(()), true, Some(response)) = (&result, conv.store, produced) {
+    let store = conv.store.then(|| {
         let mut messages = history;
-        messages.extend(conv.input_messages);
-        messages.extend(assistant_turn(&response));
-        let stored = Stored {
+        messages.append(&mut conv.input_messages);
+        StorePlan {
+            key: key(owner, &id),
+            ttl: config.responses_ttl,
             session: chain.unwrap_or_default(),
             messages,
-            response,
-        };
-        shared
-            .conversations
-            .put(key(owner, &id), stored.to_json(), config.responses_ttl)
-            .await;
-    }
-    result
+        }
+    });
+    req.responses = Some(Box::new(ResponseMeta {
+        id,
+        created_at: now_secs(),
+        echo: std::mem::take(&mut conv.echo),
+        store,
+    }));
+    pipeline::serve(shared, session, ctx, config, client, req, &hints, body).await
 }
 
 /// `GET /v1/responses/{id}`: the stored response; `DELETE`: forget it.

@@ -3,14 +3,17 @@
 //! events (or one `response`). The translated relay talks only to [`Encoder`], so one relay
 //! serves every (upstream, client) pair.
 
+use crate::conversations::ConversationKey;
 use crate::downstream::Dialect;
 use crate::error::GatewayError;
 use crate::protocol::anthropic::encode::{self as messages, MessagesWriter};
 use crate::protocol::chunks::{ChunkWriter, ToolCallPiece, Usage};
 use crate::protocol::responses::encode::ResponsesWriter;
+use crate::protocol::responses::stored::StorePlan;
 use crate::protocol::responses::ResponseMeta;
 use crate::protocol::SSE_DONE;
 use bytes::{Bytes, BytesMut};
+use std::time::Duration;
 
 pub enum Encoder {
     OpenAi(ChunkWriter),
@@ -27,6 +30,7 @@ pub enum Encoder {
         writer: Box<ResponsesWriter>,
         model: String,
         created: u64,
+        store: Option<StorePlan>,
     },
 }
 
@@ -55,9 +59,14 @@ impl Encoder {
         } = view;
         match dialect {
             Dialect::Responses => {
-                let (id, created, echo) = match responses {
-                    Some(m) => (m.id.clone(), m.created_at, m.echo.clone()),
-                    None => (crate::protocol::responses::new_id(), 0, Default::default()),
+                let (id, created, echo, store) = match responses {
+                    Some(m) => (m.id.clone(), m.created_at, m.echo.clone(), m.store.clone()),
+                    None => (
+                        crate::protocol::responses::new_id(),
+                        0,
+                        Default::default(),
+                        None,
+                    ),
                 };
                 Encoder::Responses {
                     writer: Box::new(ResponsesWriter::new(
@@ -69,6 +78,7 @@ impl Encoder {
                     )),
                     model,
                     created,
+                    store,
                 }
             }
             Dialect::OpenAi => Encoder::OpenAi(ChunkWriter {
@@ -206,10 +216,17 @@ impl Encoder {
         }
     }
 
-    /// The final response object of a Responses answer (for storage), once it has finished.
-    pub fn final_response(&self) -> Option<serde_json::Value> {
+    /// What to store for a finished Responses answer that is to be stored: the key, the
+    /// record and how long to keep it.
+    pub fn stored_record(&self) -> Option<(ConversationKey, String, Duration)> {
         match self {
-            Encoder::Responses { writer, .. } if writer.is_ended() => Some(writer.response()),
+            Encoder::Responses {
+                writer,
+                store: Some(plan),
+                ..
+            } if writer.is_ended() => {
+                Some((plan.key.clone(), plan.record(writer.response()), plan.ttl))
+            }
             _ => None,
         }
     }

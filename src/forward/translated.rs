@@ -9,6 +9,7 @@ use super::failure::{fail, Failure, Outcome};
 use super::relay::Attempt;
 use super::wait::{client_gone, next, Step};
 use super::Job;
+use crate::conversations::ConversationStore;
 use crate::downstream::{self, Dialect, RequestCtx};
 use crate::error::{sanitize, GatewayError};
 use crate::protocol::chunks::{ToolCallPiece, Usage};
@@ -511,8 +512,9 @@ async fn finish(
         );
         out.pending.extend_from_slice(&body);
     }
-    if let Some(v) = out.enc.final_response() {
-        out.ctx.produced = Some(v);
+    // Before the last bytes go out: the client's next request may name this response.
+    if let Some((key, record, ttl)) = out.enc.stored_record() {
+        a.shared.conversations.put(key, record, ttl).await;
     }
     Ok(())
 }

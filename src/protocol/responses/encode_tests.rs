@@ -445,6 +445,7 @@ fn usage_shape_with_cached_tokens() {
         completion_tokens: 20,
         total_tokens: 120,
         cached_tokens: 64,
+        reasoning_tokens: 12,
     };
     w.complete("a", "", &[], "stop", u);
     assert_eq!(
@@ -453,7 +454,7 @@ fn usage_shape_with_cached_tokens() {
             "input_tokens": 100,
             "input_tokens_details": {"cached_tokens": 64, "cache_write_tokens": 0},
             "output_tokens": 20,
-            "output_tokens_details": {"reasoning_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": 12},
             "total_tokens": 120,
         })
     );

@@ -17,6 +17,8 @@ pub struct ResponseMeta {
     pub id: String,
     pub created_at: u64,
     pub echo: Map<String, Value>,
+    /// Set when the response is stored (`store` is not false).
+    pub store: Option<stored::StorePlan>,
 }
 
 /// A new response id: `resp_` and 32 hex digits.

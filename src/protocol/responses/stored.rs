@@ -2,8 +2,46 @@
 //! `GET /v1/responses/{id}` returns. Kept as JSON text in the conversation store, so any backend
 //! that stores strings can hold it.
 
+use crate::conversations::ConversationKey;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use std::time::Duration;
+
+/// Where a stored response lives: apart from Dify conversations (no provider is named
+/// `/v1/responses`), per client (`owner`).
+pub fn key(owner: &str, id: &str) -> ConversationKey {
+    ConversationKey {
+        target: "/v1/responses".to_owned(),
+        user: owner.to_owned(),
+        session: id.to_owned(),
+    }
+}
+
+/// How a response will be stored once it is complete. The relay stores it before the
+/// answer's last bytes go out, so a follow-up sent the moment the client has the answer
+/// already finds it.
+#[derive(Debug, Clone)]
+pub struct StorePlan {
+    pub key: ConversationKey,
+    pub ttl: Duration,
+    pub session: String,
+    /// The conversation before this response's output: history and this request's input.
+    pub messages: Vec<Value>,
+}
+
+impl StorePlan {
+    /// The stored record of `response`, as the conversation store keeps it.
+    pub fn record(&self, response: Value) -> String {
+        let mut messages = self.messages.clone();
+        messages.extend(assistant_turn(&response));
+        Stored {
+            session: self.session.clone(),
+            messages,
+            response,
+        }
+        .to_json()
+    }
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Stored {

@@ -190,8 +190,7 @@ fn usage_out(u: Usage) -> UsageOut {
         },
         output_tokens: u.completion_tokens,
         output_tokens_details: OutputDetailsOut {
-            // `Usage` carries no reasoning count yet.
-            reasoning_tokens: 0,
+            reasoning_tokens: u.reasoning_tokens.min(u.completion_tokens),
         },
         total_tokens: if u.total_tokens > 0 {
             u.total_tokens
