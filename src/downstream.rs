@@ -60,8 +60,9 @@ pub struct RequestCtx {
     pub ttft: Option<Duration>,
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
-    /// Whether this request is counted in the request metrics (API routes only).
-    pub metered: bool,
+    /// The `endpoint` label this request is counted under in the request metrics; `None` for
+    /// requests that are not counted (admin, models, health).
+    pub endpoint: Option<&'static str>,
     /// Set when the answer may be cached: the forwarder fills it as the answer is produced.
     pub capture: Option<crate::cache::Capture>,
     /// Set when client limits count tokens: the content actually delivered to the client.
@@ -103,7 +104,7 @@ impl RequestCtx {
             ttft: None,
             prompt_tokens: None,
             completion_tokens: None,
-            metered: false,
+            endpoint: None,
             capture: None,
             delivered: None,
             cost: None,
@@ -136,7 +137,7 @@ pub fn response_header(status: u16, ctx: &RequestCtx) -> Result<ResponseHeader, 
     let mut h = ResponseHeader::build_no_case(status, Some(10)).map_err(bad)?;
     h.insert_header("x-request-id", ctx.request_id.as_str())
         .map_err(bad)?;
-    if ctx.metered {
+    if ctx.endpoint.is_some() {
         h.insert_header(
             "x-gateway-cache",
             HeaderValue::from_static(ctx.cache.as_str()),

@@ -1,7 +1,9 @@
-//! The chat pipeline both front doors share once a request is parsed, top to bottom: resolve
-//! the scenario → refuse what no target can serve → reserve client limits → answer from the
-//! cache or forward to the upstreams (storing the answer when allowed) → settle the limits with
-//! what was used. Answers and errors are written in the client's dialect (`ctx.dialect`).
+//! The pipeline every front door shares once a request is parsed, top to bottom: resolve the
+//! scenario → refuse what no target can serve (the operation, then the features) → reserve
+//! client limits → answer from the cache or forward to the upstreams (storing the answer when
+//! allowed) → settle the limits with what was used. Answers and errors are written in the
+//! client's dialect (`ctx.dialect`). Embeddings and completions take the same path: their
+//! operation rides on the request (`ChatRequest::op`).
 
 use crate::cache::{self, Control, Lookup};
 use crate::config::{Client, Config};
@@ -11,7 +13,7 @@ use crate::filters::{demand, scenario};
 use crate::forward::{self, Job};
 use crate::limits::{self, Used};
 use crate::protocol::anthropic::encode as messages;
-use crate::protocol::{ChatRequest, RequestHints};
+use crate::protocol::{ChatRequest, Operation, RequestHints};
 use crate::providers::TemplateVars;
 use crate::state::Shared;
 use bytes::Bytes;
@@ -52,6 +54,7 @@ pub(crate) async fn serve(
     )?;
     let scenario = &config.scenarios[idx];
     ctx.scenario = Some(scenario.name.clone());
+    forward::check_operation(scenario, req.op)?;
     forward::check_features(shared, scenario, &req)?;
 
     let default_user =
@@ -98,6 +101,8 @@ pub(crate) async fn serve(
     } else {
         match (ctx.prompt_tokens, ctx.completion_tokens) {
             (Some(p), Some(c)) => (p, c),
+            // Embeddings have no completion: their usage is complete without it.
+            (Some(p), None) if req.op == Operation::Embeddings => (p, 0),
             _ => (
                 estimate.prompt_tokens,
                 ctx.delivered.as_deref().map_or(0, limits::count_tokens),
@@ -142,14 +147,22 @@ async fn answer(
             .inc();
     };
     let control = cache::control(downstream::header(session, "cache-control"));
-    // A session's turns depend on upstream-side history: never cached.
-    if job.req.session.is_some() || control == Control::NoStore {
+    // A session's turns depend on upstream-side history: never cached. A relayed stream
+    // (completions) has no answer to store.
+    let relayed = job.req.op != Operation::Chat;
+    if job.req.session.is_some() || control == Control::NoStore || (relayed && job.req.stream) {
         ctx.cache = CacheState::Bypass;
         lookups("bypass");
         return forward(shared, session, ctx, job).await;
     }
     let client_name = client.map(|c| c.name.as_str());
-    let raw = cache::raw_key(scenario, client_name, hints.user_profile.as_deref(), &body);
+    let raw = cache::raw_key(
+        job.req.op,
+        scenario,
+        client_name,
+        hints.user_profile.as_deref(),
+        &body,
+    );
     drop(body);
     let key = shared
         .cache
@@ -196,6 +209,7 @@ async fn answer(
     };
     ctx.capture = Some(cache::Capture {
         slot: Some((key, ttl)),
+        raw: relayed,
         ..Default::default()
     });
     let result = forward(shared, session, ctx, job).await;
@@ -217,7 +231,8 @@ async fn forward(
     Box::pin(forward::serve(shared, session, ctx, job)).await
 }
 
-/// Answers from the cache: a `chat.completion`, or the answer replayed as an SSE stream.
+/// Answers from the cache: a `chat.completion`, or the answer replayed as an SSE stream, or
+/// the upstream's own bytes (embeddings, completions).
 async fn write_hit(
     session: &mut Session,
     ctx: &mut RequestCtx,
@@ -225,6 +240,12 @@ async fn write_hit(
     req: &ChatRequest,
 ) -> Result<(), GatewayError> {
     ctx.cache = CacheState::Hit;
+    let age = entry.age().as_secs().to_string();
+    if let Some(body) = &entry.body {
+        let ct = http::HeaderValue::from_static("application/json");
+        let _ = downstream::write_full(session, ctx, 200, ct, body.clone(), &[("age", age)]).await;
+        return Ok(());
+    }
     let body = match ctx.dialect {
         Dialect::OpenAi => cache::render(entry, req.stream, req.include_usage),
         Dialect::Anthropic => messages::replay(&entry.answer, &entry.id, req.stream),
@@ -234,7 +255,6 @@ async fn write_hit(
     } else {
         "application/json"
     };
-    let age = entry.age().as_secs().to_string();
     let ct = http::HeaderValue::from_static(ct);
     let _ = downstream::write_full(session, ctx, 200, ct, body, &[("age", age)]).await;
     Ok(())

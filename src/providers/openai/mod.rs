@@ -1,9 +1,10 @@
 //! OpenAI-compatible upstreams: the request body is the client's, with the target's model,
 //! system prompt and default params applied and the gateway's own fields removed.
 //! Messages are copied as the client's raw JSON text, never re-encoded; the answer is relayed
-//! as it is.
+//! as it is. Embeddings and completions calls are built in `relayed.rs`.
 
 pub mod errors;
+mod relayed;
 pub mod stream;
 
 use super::{BuildCx, Operation, Provider, UpstreamCall};
@@ -19,8 +20,12 @@ use serde_json::Value;
 pub struct OpenAi<'a>(pub &'a ProviderConfig);
 
 impl Provider for OpenAi<'_> {
+    /// Chat, embeddings and completions: the OpenAI API has all three.
     fn supports(&self, op: Operation) -> bool {
-        matches!(op, Operation::Chat)
+        matches!(
+            op,
+            Operation::Chat | Operation::Embeddings | Operation::Completions
+        )
     }
 
     /// Everything: the request reaches the upstream as the client sent it.
@@ -41,6 +46,9 @@ impl Provider for OpenAi<'_> {
         target: &'a Target,
         req: &'a ChatRequest,
     ) -> Result<UpstreamCall, GatewayError> {
+        if req.op != Operation::Chat {
+            return relayed::call(target, req);
+        }
         let system = super::render_system_prompt(cx.config, target, req, cx.vars)?;
         build_call(target, req, system.as_deref(), cx.drop)
     }
