@@ -69,8 +69,9 @@ pub struct RequestCtx {
     pub reasoning_tokens: Option<u64>,
     /// The upstream reported no usage: the token counts are the gateway's estimate.
     pub usage_estimated: bool,
-    /// Whether this request is counted in the request metrics (API routes only).
-    pub metered: bool,
+    /// The `endpoint` label this request is counted under in the request metrics; `None` for
+    /// requests that are not counted (admin, models, health).
+    pub endpoint: Option<&'static str>,
     /// Set when the answer may be cached: the forwarder fills it as the answer is produced.
     pub capture: Option<crate::cache::Capture>,
     /// The content delivered to the client (chat requests): what an answer whose upstream
@@ -116,7 +117,7 @@ impl RequestCtx {
             cached_tokens: None,
             reasoning_tokens: None,
             usage_estimated: false,
-            metered: false,
+            endpoint: None,
             capture: None,
             delivered: None,
             cost: None,
@@ -149,7 +150,7 @@ pub fn response_header(status: u16, ctx: &RequestCtx) -> Result<ResponseHeader, 
     let mut h = ResponseHeader::build_no_case(status, Some(10)).map_err(bad)?;
     h.insert_header("x-request-id", ctx.request_id.as_str())
         .map_err(bad)?;
-    if ctx.metered {
+    if ctx.endpoint.is_some() {
         h.insert_header(
             "x-gateway-cache",
             HeaderValue::from_static(ctx.cache.as_str()),

@@ -1,5 +1,7 @@
 //! The gateway's Prometheus series (DESIGN §1.8), in a registry owned by the gateway rather than
 //! the process-global one, so several gateways in one process (tests) never collide.
+//! The request families (requests, duration, TTFT, overhead, tokens, spend) carry the `endpoint`
+//! label of the route a request came in by (`server::routes`), a fixed vocabulary.
 
 use prometheus::{
     CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -57,14 +59,14 @@ impl Metrics {
             };
         let requests_total = counter(
             "requests_total",
-            "Requests answered, by scenario, provider, HTTP status and cache result.",
-            &["scenario", "provider", "status", "cache"],
+            "Requests answered, by endpoint, scenario, provider, HTTP status and cache result.",
+            &["endpoint", "scenario", "provider", "status", "cache"],
         )?;
         let tokens_total = counter(
             "tokens_total",
             "Tokens used, by kind: prompt and completion (upstream usage, else the gateway's \
              estimate), and the cached prompt and reasoning completion tokens among them.",
-            &["scenario", "provider", "kind"],
+            &["endpoint", "scenario", "provider", "kind"],
         )?;
         let usage_estimated_total = counter(
             "usage_estimated_total",
@@ -108,7 +110,7 @@ impl Metrics {
                 "Time from request to the last response byte.",
                 LATENCY_BUCKETS,
             ),
-            &["scenario", "provider"],
+            &["endpoint", "scenario", "provider"],
         )?;
         let time_to_first_token_seconds = histogram(
             hist(
@@ -116,7 +118,7 @@ impl Metrics {
                 "Time from request to the first content byte.",
                 LATENCY_BUCKETS,
             ),
-            &["scenario", "provider"],
+            &["endpoint", "scenario", "provider"],
         )?;
         let overhead_seconds = histogram(
             hist(
@@ -124,7 +126,7 @@ impl Metrics {
                 "Time spent in the gateway itself, upstream excluded.",
                 OVERHEAD_BUCKETS,
             ),
-            &["scenario"],
+            &["endpoint", "scenario"],
         )?;
         let gauge_vec =
             |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
@@ -158,7 +160,7 @@ impl Metrics {
                 "spend_usd_total",
                 "Spend in USD computed from targets' cost.",
             ),
-            &["client", "scenario", "provider"],
+            &["endpoint", "client", "scenario", "provider"],
         )?;
         registry.register(Box::new(spend_usd_total.clone()))?;
         // Series whose label values are known up front exist from the start at zero, so an

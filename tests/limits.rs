@@ -145,12 +145,13 @@ async fn a_budget_is_spent_at_the_targets_cost() {
         "3 × $0.027 spent; a 4th (reserving ~$0.03) does not fit in $0.10"
     );
     assert_eq!(mock.count(), 3);
-    let m = gw
-        .metrics_with(r#"ai_gateway_spend_usd_total{client="a",provider="up",scenario="s"} 0.08"#);
+    let m = gw.metrics_with(
+        r#"ai_gateway_spend_usd_total{client="a",endpoint="chat",provider="up",scenario="s"} 0.08"#,
+    );
     let spend: f64 = m
         .lines()
         .find_map(|l| {
-            l.strip_prefix(r#"ai_gateway_spend_usd_total{client="a",provider="up",scenario="s"} "#)
+            l.strip_prefix(r#"ai_gateway_spend_usd_total{client="a",endpoint="chat",provider="up",scenario="s"} "#)
         })
         .and_then(|v| v.parse().ok())
         .unwrap();

@@ -521,32 +521,32 @@ scenarios:
         (
             "ai_gateway_requests",
             "counter",
-            &["cache", "provider", "scenario", "status"],
-            r#"{"cache":"hit","provider":"-","scenario":"chat","status":"200"}"#,
+            &["cache", "endpoint", "provider", "scenario", "status"],
+            r#"{"cache":"hit","endpoint":"chat","provider":"-","scenario":"chat","status":"200"}"#,
         ),
         (
             "ai_gateway_request_duration_seconds",
             "histogram",
-            &["provider", "scenario"],
-            r#"{"provider":"up","scenario":"chat"}"#,
+            &["endpoint", "provider", "scenario"],
+            r#"{"endpoint":"chat","provider":"up","scenario":"chat"}"#,
         ),
         (
             "ai_gateway_time_to_first_token_seconds",
             "histogram",
-            &["provider", "scenario"],
-            r#"{"provider":"up","scenario":"chat"}"#,
+            &["endpoint", "provider", "scenario"],
+            r#"{"endpoint":"chat","provider":"up","scenario":"chat"}"#,
         ),
         (
             "ai_gateway_overhead_seconds",
             "histogram",
-            &["scenario"],
-            r#"{"scenario":"chat"}"#,
+            &["endpoint", "scenario"],
+            r#"{"endpoint":"chat","scenario":"chat"}"#,
         ),
         (
             "ai_gateway_tokens",
             "counter",
-            &["kind", "provider", "scenario"],
-            r#"{"kind":"completion","provider":"up","scenario":"chat"}"#,
+            &["endpoint", "kind", "provider", "scenario"],
+            r#"{"endpoint":"chat","kind":"completion","provider":"up","scenario":"chat"}"#,
         ),
         (
             "ai_gateway_upstream_attempts",
@@ -589,8 +589,8 @@ scenarios:
         (
             "ai_gateway_spend_usd",
             "counter",
-            &["client", "provider", "scenario"],
-            r#"{"client":"app","provider":"up","scenario":"chat"}"#,
+            &["client", "endpoint", "provider", "scenario"],
+            r#"{"client":"app","endpoint":"chat","provider":"up","scenario":"chat"}"#,
         ),
         (
             "ai_gateway_config_reloads",

@@ -5,6 +5,8 @@
 //! Only complete answers are stored (2xx, finished with a finish reason) — never errors,
 //! truncated streams or session requests — in a normalized form that serves both a
 //! `chat.completion` and a replayed SSE stream, whichever way the entry was filled.
+//! Embeddings and non-streamed completions are stored as the upstream's own bytes and replayed
+//! as they are; the operation is part of every key, so no entry answers another operation.
 //!
 //! Storage is the [`AnswerStore`]'s (`store.rs`); keys, `Cache-Control`, single-flight and
 //! rendering are this module's.
@@ -13,7 +15,7 @@ pub mod store;
 
 use crate::config::Scenario;
 use crate::protocol::chunks::ChunkWriter;
-use crate::protocol::{Answer, ChatRequest};
+use crate::protocol::{Answer, ChatRequest, Operation};
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -57,19 +59,27 @@ pub struct Capture {
     /// Where a complete answer goes (key and TTL).
     pub slot: Option<(Key, Duration)>,
     pub stored: Option<Arc<Entry>>,
+    /// Store the upstream's answer bytes (`body`) rather than a rebuilt answer.
+    pub raw: bool,
+    pub body: Option<Bytes>,
 }
 
 impl Capture {
     /// Starts over for another attempt, keeping where to store.
     pub fn reset(&mut self) {
         self.answer = Answer::default();
+        self.body = None;
         self.complete = false;
     }
 
     /// Stores the answer if it is complete (once).
     pub async fn commit(&mut self, cache: &ResponseCache) {
         if let (true, None, Some((key, ttl))) = (self.complete, &self.stored, self.slot) {
-            self.stored = Some(cache.insert(key, self.answer.clone(), ttl).await);
+            self.stored = Some(match (self.raw, &self.body) {
+                (true, Some(body)) => cache.insert_raw(key, body.clone(), ttl).await,
+                (true, None) => return,
+                (false, _) => cache.insert(key, self.answer.clone(), ttl).await,
+            });
         }
     }
 }
@@ -117,7 +127,8 @@ fn canonical(raw: &str) -> String {
 }
 
 /// The cache key of a request (DESIGN §1.7). Stable under key order and whitespace; not
-/// affected by `stream`, `stream_options` or the request id.
+/// affected by `stream`, `stream_options` or the request id. An embeddings or completions
+/// key names its operation and covers every field the client sent.
 pub fn key(scenario: &Scenario, client: Option<&str>, req: &ChatRequest) -> Key {
     let mut h = Sha256::new();
     let mut field = |name: &str, value: &str| {
@@ -131,6 +142,9 @@ pub fn key(scenario: &Scenario, client: Option<&str>, req: &ChatRequest) -> Key 
     // Hex keeps the fingerprint inside the same length-prefixed framing as every field.
     field("fingerprint", &hex(&scenario.fingerprint));
     field("client", client.unwrap_or("-"));
+    if req.op != Operation::Chat {
+        field("op", req.op.as_str());
+    }
     field("model", req.model.as_deref().unwrap_or(""));
     for m in &req.messages {
         field("message", &canonical(m.get()));
@@ -138,7 +152,10 @@ pub fn key(scenario: &Scenario, client: Option<&str>, req: &ChatRequest) -> Key 
     let mut rest: Vec<(&str, String)> = req
         .rest
         .iter()
-        .filter(|(k, _)| KEY_FIELDS.contains(&k.as_str()))
+        .filter(|(k, _)| match req.op {
+            Operation::Chat => KEY_FIELDS.contains(&k.as_str()),
+            _ => !matches!(k.as_str(), "stream" | "stream_options"),
+        })
         .map(|(k, v)| (k.as_str(), canonical(v.get())))
         .collect();
     rest.sort();
@@ -158,15 +175,20 @@ fn hex(b: &[u8]) -> String {
         })
 }
 
-/// The hash of a request exactly as received (body bytes and the headers that feed the key):
-/// identical repeats of a request skip canonicalization through [`ResponseCache::key_for`].
+/// The hash of a request exactly as received (operation, body bytes and the headers that feed
+/// the key): identical repeats of a request skip canonicalization through
+/// [`ResponseCache::key_for`].
 pub fn raw_key(
+    op: Operation,
     scenario: &Scenario,
     client: Option<&str>,
     profile_header: Option<&str>,
     body: &[u8],
 ) -> Key {
     let mut h = Sha256::new();
+    // The same bytes sent to another door are another request.
+    h.update(op.as_str().as_bytes());
+    h.update([0]);
     h.update(scenario.name.as_bytes());
     h.update([0]);
     h.update(scenario.fingerprint);
@@ -299,6 +321,13 @@ impl ResponseCache {
         let k = compute();
         self.canonical.insert(raw, k);
         k
+    }
+
+    /// Stores the upstream's own answer bytes.
+    pub async fn insert_raw(&self, key: Key, body: Bytes, ttl: Duration) -> Arc<Entry> {
+        let entry = Arc::new(Entry::raw(body, ttl, format!("cache-{}", hex(&key[..12]))));
+        self.store.put(key, entry.clone()).await;
+        entry
     }
 
     pub async fn insert(&self, key: Key, answer: Answer, ttl: Duration) -> Arc<Entry> {
@@ -447,6 +476,64 @@ mod tests {
                 &req(
                     r#"{"model":"s","messages":[{"role":"user","content":"hi"}],"temperature":0.5}"#
                 )
+            )
+        );
+    }
+
+    #[test]
+    fn the_operation_is_part_of_every_key() {
+        let cfg = scenario("a");
+        let s = &cfg.scenarios[0];
+        // A body both doors accept: each is its own request.
+        let body = r#"{"model":"s","messages":[{"role":"user","content":"hi"}],"input":"hi"}"#;
+        let as_op =
+            |op| ChatRequest::parse_op(body.as_bytes(), &RequestHints::default(), op).unwrap();
+        let chat = key(s, None, &as_op(Operation::Chat));
+        let emb = key(s, None, &as_op(Operation::Embeddings));
+        let comp = key(
+            s,
+            None,
+            &ChatRequest::parse_op(
+                br#"{"model":"s","prompt":"hi"}"#,
+                &RequestHints::default(),
+                Operation::Completions,
+            )
+            .unwrap(),
+        );
+        assert!(chat != emb && emb != comp && chat != comp);
+        let raw = |op| raw_key(op, s, None, None, body.as_bytes());
+        assert_ne!(raw(Operation::Chat), raw(Operation::Embeddings));
+        // Embeddings keys cover every field (but the stream flags) and the client.
+        let e = |body: &str, client| {
+            let r = ChatRequest::parse_op(
+                body.as_bytes(),
+                &RequestHints::default(),
+                Operation::Embeddings,
+            )
+            .unwrap();
+            key(s, client, &r)
+        };
+        let base = e(r#"{"model":"s","input":["a","b"],"dimensions":8}"#, None);
+        assert_eq!(
+            base,
+            e(r#"{"dimensions":8,"input":[ "a", "b" ],"model":"s"}"#, None)
+        );
+        assert_ne!(
+            base,
+            e(r#"{"model":"s","input":["a","b"],"dimensions":9}"#, None)
+        );
+        assert_ne!(
+            base,
+            e(
+                r#"{"model":"s","input":["a","b"],"dimensions":8,"encoding_format":"base64"}"#,
+                None
+            )
+        );
+        assert_ne!(
+            base,
+            e(
+                r#"{"model":"s","input":["a","b"],"dimensions":8}"#,
+                Some("b")
             )
         );
     }

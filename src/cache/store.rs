@@ -12,9 +12,12 @@ use std::time::{Duration, Instant};
 
 pub type Key = [u8; 32];
 
-/// A stored answer.
+/// A stored answer: a chat answer in neutral form, or the upstream's own bytes.
 pub struct Entry {
     pub answer: Answer,
+    /// The upstream's answer exactly as it was relayed (embeddings, completions): a hit
+    /// replays these bytes and `answer` is empty.
+    pub body: Option<Bytes>,
     pub stored_at: Instant,
     pub ttl: Duration,
     /// One id per entry: every hit of it is the same answer.
@@ -27,11 +30,25 @@ impl Entry {
     pub fn new(answer: Answer, ttl: Duration, id: String) -> Self {
         Entry {
             answer,
+            body: None,
             stored_at: Instant::now(),
             ttl,
             id,
             rendered: Default::default(),
         }
+    }
+
+    /// An entry replaying the upstream's own answer bytes.
+    pub fn raw(body: Bytes, ttl: Duration, id: String) -> Self {
+        Entry {
+            body: Some(body),
+            ..Entry::new(Answer::default(), ttl, id)
+        }
+    }
+
+    /// Approximate bytes held, for the store's byte bound.
+    pub fn bytes(&self) -> usize {
+        self.answer.bytes() + self.body.as_ref().map_or(0, Bytes::len)
     }
 
     pub fn age(&self) -> Duration {
@@ -79,11 +96,11 @@ impl MemoryAnswers {
         let map = moka::sync::Cache::builder()
             .max_capacity(max_bytes.max(1))
             .weigher(move |_: &Key, v: &Arc<Entry>| {
-                u32::try_from((v.answer.bytes() as u64).max(floor)).unwrap_or(u32::MAX)
+                u32::try_from((v.bytes() as u64).max(floor)).unwrap_or(u32::MAX)
             })
             .expire_after(ByTtl)
             .eviction_listener(move |_, v: Arc<Entry>, _| {
-                counter.fetch_sub(v.answer.bytes() as u64, Ordering::Relaxed);
+                counter.fetch_sub(v.bytes() as u64, Ordering::Relaxed);
             })
             .build();
         MemoryAnswers { map, bytes }
@@ -96,7 +113,7 @@ impl AnswerStore for MemoryAnswers {
     }
     async fn put(&self, key: Key, entry: Arc<Entry>) {
         self.bytes
-            .fetch_add(entry.answer.bytes() as u64, Ordering::Relaxed);
+            .fetch_add(entry.bytes() as u64, Ordering::Relaxed);
         self.map.insert(key, entry);
     }
     async fn remove(&self, key: &Key) {

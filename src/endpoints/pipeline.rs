@@ -1,8 +1,10 @@
-//! The chat pipeline both front doors share once a request is parsed, top to bottom: resolve
-//! the scenario → refuse what no target can serve → reserve client limits → answer from the
-//! cache or forward to the upstreams (storing the answer when allowed) → settle the limits with
-//! what was used (the upstream's usage, else the gateway's estimate). Answers and errors are
-//! written in the client's dialect (`ctx.dialect`).
+//! The pipeline every front door shares once a request is parsed, top to bottom: resolve the
+//! scenario → refuse what no target can serve (the operation, then the features) → reserve
+//! client limits → answer from the cache or forward to the upstreams (storing the answer when
+//! allowed) → settle the limits with what was used (the upstream's usage, else the gateway's
+//! estimate). Answers and errors are written in the client's dialect (`ctx.dialect`).
+//! Embeddings and completions take the same path: their operation rides on the request
+//! (`ChatRequest::op`).
 
 use crate::cache::{self, Control, Lookup};
 use crate::config::{Client, Config};
@@ -12,7 +14,7 @@ use crate::filters::{demand, scenario};
 use crate::forward::{self, Job};
 use crate::limits::{self, Used};
 use crate::protocol::anthropic::encode as messages;
-use crate::protocol::{ChatRequest, RequestHints};
+use crate::protocol::{ops, ChatRequest, Operation, RequestHints};
 use crate::providers::TemplateVars;
 use crate::state::Shared;
 use bytes::Bytes;
@@ -53,6 +55,7 @@ pub(crate) async fn serve(
     )?;
     let scenario = &config.scenarios[idx];
     ctx.scenario = Some(scenario.name.clone());
+    forward::check_operation(scenario, req.op)?;
     forward::check_features(shared, scenario, &req)?;
 
     let default_user =
@@ -129,13 +132,19 @@ pub(crate) async fn serve(
 /// received. Limits, spend and `tokens_total` all use it; `usage_estimated_total` counts it.
 fn estimate_missing_usage(ctx: &mut RequestCtx, req: &ChatRequest, prompt_estimate: Option<u64>) {
     let answered = ctx.ttft.is_some() && ctx.cache != CacheState::Hit;
+    // Embeddings have no completion: their usage is complete without it.
+    if req.op == Operation::Embeddings && ctx.prompt_tokens.is_some() {
+        ctx.completion_tokens.get_or_insert(0);
+    }
     if !answered || (ctx.prompt_tokens.is_some() && ctx.completion_tokens.is_some()) {
         return;
     }
     ctx.usage_estimated = true;
     if ctx.prompt_tokens.is_none() {
-        ctx.prompt_tokens =
-            Some(prompt_estimate.unwrap_or_else(|| limits::prompt_tokens(&req.messages)));
+        ctx.prompt_tokens = Some(prompt_estimate.unwrap_or_else(|| match req.op {
+            Operation::Chat => limits::prompt_tokens(&req.messages),
+            op => ops::prompt_tokens(op, &req.rest, limits::count_tokens),
+        }));
     }
     if ctx.completion_tokens.is_none() {
         ctx.completion_tokens = Some(ctx.delivered.as_deref().map_or(0, limits::count_tokens));
@@ -165,14 +174,22 @@ async fn answer(
             .inc();
     };
     let control = cache::control(downstream::header(session, "cache-control"));
-    // A session's turns depend on upstream-side history: never cached.
-    if job.req.session.is_some() || control == Control::NoStore {
+    // A session's turns depend on upstream-side history: never cached. A relayed stream
+    // (completions) has no answer to store.
+    let relayed = job.req.op != Operation::Chat;
+    if job.req.session.is_some() || control == Control::NoStore || (relayed && job.req.stream) {
         ctx.cache = CacheState::Bypass;
         lookups("bypass");
         return forward(shared, session, ctx, job).await;
     }
     let client_name = client.map(|c| c.name.as_str());
-    let raw = cache::raw_key(scenario, client_name, hints.user_profile.as_deref(), &body);
+    let raw = cache::raw_key(
+        job.req.op,
+        scenario,
+        client_name,
+        hints.user_profile.as_deref(),
+        &body,
+    );
     drop(body);
     let key = shared
         .cache
@@ -219,6 +236,7 @@ async fn answer(
     };
     ctx.capture = Some(cache::Capture {
         slot: Some((key, ttl)),
+        raw: relayed,
         ..Default::default()
     });
     let result = forward(shared, session, ctx, job).await;
@@ -240,7 +258,8 @@ async fn forward(
     Box::pin(forward::serve(shared, session, ctx, job)).await
 }
 
-/// Answers from the cache: a `chat.completion`, or the answer replayed as an SSE stream.
+/// Answers from the cache: a `chat.completion`, or the answer replayed as an SSE stream, or
+/// the upstream's own bytes (embeddings, completions).
 async fn write_hit(
     session: &mut Session,
     ctx: &mut RequestCtx,
@@ -248,6 +267,12 @@ async fn write_hit(
     req: &ChatRequest,
 ) -> Result<(), GatewayError> {
     ctx.cache = CacheState::Hit;
+    let age = entry.age().as_secs().to_string();
+    if let Some(body) = &entry.body {
+        let ct = http::HeaderValue::from_static("application/json");
+        let _ = downstream::write_full(session, ctx, 200, ct, body.clone(), &[("age", age)]).await;
+        return Ok(());
+    }
     let body = match ctx.dialect {
         Dialect::OpenAi => cache::render(entry, req.stream, req.include_usage),
         Dialect::Anthropic => messages::replay(&entry.answer, &entry.id, req.stream),
@@ -261,7 +286,6 @@ async fn write_hit(
     } else {
         "application/json"
     };
-    let age = entry.age().as_secs().to_string();
     let ct = http::HeaderValue::from_static(ct);
     let _ = downstream::write_full(session, ctx, 200, ct, body, &[("age", age)]).await;
     Ok(())

@@ -24,7 +24,7 @@ mod wait;
 use crate::config::{Config, Scenario, Target};
 use crate::downstream::{Dialect, RequestCtx};
 use crate::error::{Failover, GatewayError};
-use crate::protocol::{ChatRequest, Features};
+use crate::protocol::{ChatRequest, Features, Operation};
 use crate::providers::openai::stream::OpenAiStream;
 use crate::providers::{self, BuildCx, Decoder, Provider, TemplateVars};
 use crate::routing::Skip;
@@ -78,6 +78,12 @@ pub async fn serve(
             break;
         }
         let c = &plan.candidates[idx];
+        let provider = providers::of(&c.target.provider);
+        if !provider.supports(job.req.op) {
+            // Not an attempt: this target never serves the operation (`check_operation` made
+            // sure another one of the scenario does).
+            continue;
+        }
         let drop = match fit(c.target, job.req.features) {
             Ok(drop) => drop,
             Err(_) => {
@@ -123,7 +129,6 @@ pub async fn serve(
         }
         made += 1;
         previous = Some(idx);
-        let provider = providers::of(&c.target.provider);
         cx.drop = drop;
         ctx.dropped = drop;
         if !drop.is_empty() {
@@ -170,10 +175,14 @@ pub async fn serve(
     if made == 0 && skips.is_empty() {
         // Every usable target was skipped as unsupported: those that could serve the request
         // have no key (`check_features` let it through for them).
+        let asked = match job.req.op {
+            Operation::Chat => job.req.features.to_string(),
+            op => op.as_str().to_owned(),
+        };
         return Err(GatewayError::UpstreamError(format!(
             "no target of scenario {} can serve this request: the targets that support what it \
-             asks for ({}) are not usable (no api_key)",
-            scenario.name, job.req.features
+             asks for ({asked}) are not usable (no api_key)",
+            scenario.name
         )));
     }
     Err(unavailable(scenario, &skips))
@@ -189,6 +198,39 @@ fn fit(target: &Target, needs: Features) -> Result<Features, Features> {
     } else {
         Err(unserved)
     }
+}
+
+/// Refuses, before anything is reserved or contacted, a request for an operation no target of
+/// its scenario serves (embeddings on a Dify-only scenario): 400 `unsupported_operation` naming
+/// the scenario and the operation.
+pub fn check_operation(scenario: &Scenario, op: Operation) -> Result<(), GatewayError> {
+    if scenario
+        .targets
+        .iter()
+        .any(|t| providers::of(&t.provider).supports(op))
+    {
+        return Ok(());
+    }
+    let considered = scenario
+        .targets
+        .iter()
+        .map(|t| format!("{} ({})", t.provider.name, t.provider.type_name()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(GatewayError::Mapped {
+        status: 400,
+        message: format!(
+            "scenario {} cannot serve {}: none of its targets supports that operation \
+             (considered: {considered}); use a scenario with an OpenAI-compatible target",
+            scenario.name,
+            op.as_str(),
+        ),
+        error_type: "invalid_request_error".into(),
+        code: "unsupported_operation".into(),
+        param: Some("model".into()),
+        should_retry: Some(false),
+        retry_after: None,
+    })
 }
 
 /// Refuses, before anything is reserved or contacted, a request that no target of its scenario

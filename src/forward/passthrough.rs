@@ -99,7 +99,12 @@ pub async fn json(
     let seen = watch::completion(&body, ctx.capture.is_some());
     take_tokens(ctx, seen.tokens);
     if let Some(c) = &mut ctx.capture {
-        if let Some(answer) = seen.answer {
+        if c.raw {
+            if seen.whole {
+                c.body = Some(body.clone());
+                c.complete = true;
+            }
+        } else if let Some(answer) = seen.answer {
             c.answer = answer;
             c.complete = true;
         }

@@ -1,10 +1,13 @@
-//! The chat-completions request as the gateway sees it.
+//! The chat-completions request as the gateway sees it — and, with its [`Operation`], the
+//! embeddings and completions requests, which share its routing fields and keep every other
+//! field raw (`protocol::ops` checks them).
 //!
 //! Only the fields the gateway acts on are decoded; everything else (including every message) is
 //! kept as the client's raw JSON text, so a large history or a base64 image reaches the upstream
 //! byte for byte and is never re-serialized.
 
 use super::features::{Feature, Features};
+use super::ops::{self, Operation};
 use crate::error::GatewayError;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
@@ -63,7 +66,10 @@ pub struct RequestHints {
 
 #[derive(Debug)]
 pub struct ChatRequest {
+    /// What the client asks for: a chat answer, embeddings or a (legacy) completion.
+    pub op: Operation,
     pub model: Option<String>,
+    /// Empty unless `op` is [`Operation::Chat`].
     pub messages: Vec<Box<RawValue>>,
     pub stream: bool,
     pub include_usage: bool,
@@ -224,6 +230,18 @@ fn gateway_metadata(
 
 impl ChatRequest {
     pub fn parse(body: &[u8], hints: &RequestHints) -> Result<ChatRequest, GatewayError> {
+        Self::parse_op(body, hints, Operation::Chat)
+    }
+
+    /// Parses a request of operation `op`. Embeddings and completions keep every field but
+    /// `model` and `metadata` raw in `rest` (their `messages`, if any, too); they use no
+    /// request features but streaming, and no session.
+    pub fn parse_op(
+        body: &[u8],
+        hints: &RequestHints,
+        op: Operation,
+    ) -> Result<ChatRequest, GatewayError> {
+        let chat = op == Operation::Chat;
         let obj: RawObject = serde_json::from_slice(body).map_err(|e| {
             if e.classify() == serde_json::error::Category::Data {
                 GatewayError::invalid_request("request body must be a JSON object", None)
@@ -247,7 +265,7 @@ impl ChatRequest {
                             .map_err(|_| invalid("`model` must be a string", "model"))?,
                     );
                 }
-                "messages" => {
+                "messages" if chat => {
                     messages = Some(
                         serde_json::from_str::<Vec<Box<RawValue>>>(raw.get())
                             .map_err(|_| invalid("`messages` must be an array", "messages"))?,
@@ -284,24 +302,33 @@ impl ChatRequest {
                         }
                         _ => {}
                     }
-                    if let Some(f) = field_feature(other, &raw) {
+                    if let Some(f) = field_feature(other, &raw).filter(|_| chat) {
                         features.insert(f);
                     }
                     rest.push((key, raw));
                 }
             }
         }
-        let messages = messages.ok_or_else(|| invalid("`messages` is required", "messages"))?;
-        check_messages(&messages, &mut features)?;
+        let messages = if chat {
+            let messages = messages.ok_or_else(|| invalid("`messages` is required", "messages"))?;
+            check_messages(&messages, &mut features)?;
+            messages
+        } else {
+            ops::check(op, &rest, stream)?;
+            Vec::new()
+        };
         if stream {
             features.insert(Feature::Stream);
         }
         let (scenario, session, user_profile) = gateway_metadata(&mut metadata, hints)?;
+        // A session names an upstream conversation: only chat has one.
+        let session = session.filter(|_| chat);
         debug_assert!(GATEWAY_METADATA_KEYS
             .iter()
             .all(|k| !metadata.contains_key(*k)));
 
         Ok(ChatRequest {
+            op,
             model,
             messages,
             stream,

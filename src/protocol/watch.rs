@@ -2,7 +2,8 @@
 //! established (first content or terminal event), whether it is complete (`[DONE]`, or every
 //! choice's finish reason and then a clean end of body), the usage it reported, the text
 //! delivered, and the answer rebuilt for the cache. Each event is parsed once, into borrowed
-//! views; the relayed bytes are never touched.
+//! views; the relayed bytes are never touched. Legacy completions (`choices[].text`) are
+//! observed like chat chunks.
 
 use super::answer::Answer;
 use super::chunks::Usage;
@@ -79,6 +80,9 @@ struct ChoiceView<'a> {
     delta: Option<DeltaView<'a>>,
     #[serde(borrow, default)]
     message: Option<DeltaView<'a>>,
+    /// A legacy completion's text (`/v1/completions`).
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     finish_reason: Option<Cow<'a, str>>,
 }
@@ -118,6 +122,7 @@ impl View<'_> {
         self.usage.is_some()
             || self.choices.iter().any(|c| {
                 c.finish_reason.is_some()
+                    || non_empty(&c.text)
                     || c.delta.as_ref().is_some_and(|d| {
                         non_empty(&d.content)
                             || non_empty(&d.reasoning_content)
@@ -342,12 +347,19 @@ fn add_chunk(a: &mut Answer, uncacheable: &mut bool, v: &View<'_>) {
         if choice.index != 0 {
             *uncacheable = true;
         }
-        let Some(d) = &choice.delta else { continue };
-        if d.tool_calls.is_some() {
-            *uncacheable = true;
-        }
-        let text = d.content.as_deref().unwrap_or_default();
-        let thought = d.reasoning_content.as_deref().unwrap_or_default();
+        let (text, thought) = match (&choice.delta, &choice.text) {
+            (Some(d), _) => {
+                if d.tool_calls.is_some() {
+                    *uncacheable = true;
+                }
+                (
+                    d.content.as_deref().unwrap_or_default(),
+                    d.reasoning_content.as_deref().unwrap_or_default(),
+                )
+            }
+            (None, Some(t)) => (t.as_ref(), ""),
+            (None, None) => continue,
+        };
         // Past the cap the answer is neither cached nor kept: memory stays bounded.
         if a.content.len() + a.reasoning.len() + text.len() + thought.len() > MAX_KEPT {
             *uncacheable = true;
@@ -367,6 +379,8 @@ pub struct Completion {
     pub tokens: Tokens,
     pub text: String,
     pub answer: Option<Answer>,
+    /// The body is a JSON object without an `error`: its bytes may be stored as they are.
+    pub whole: bool,
 }
 
 /// `keep`: also extract the text and the answer (cache, charging); usage is always read.
@@ -377,16 +391,19 @@ pub fn completion(body: &[u8], keep: bool) -> Completion {
             tokens,
             text: String::new(),
             answer: None,
+            whole: false,
         };
     };
     if let Some(u) = &v.usage {
         tokens.take(u);
     }
+    let whole = v.error.is_none();
     if !keep {
         return Completion {
             tokens,
             text: String::new(),
             answer: None,
+            whole,
         };
     }
     let message = |c: &ChoiceView<'_>| {
@@ -395,7 +412,11 @@ pub fn completion(body: &[u8], keep: bool) -> Completion {
             .and_then(|m| m.content.as_deref())
             .map(str::to_owned)
     };
-    let text = v.choices.first().and_then(message).unwrap_or_default();
+    let text = v
+        .choices
+        .first()
+        .and_then(|c| message(c).or_else(|| c.text.as_deref().map(str::to_owned)))
+        .unwrap_or_default();
     let answer = match v.choices.as_slice() {
         [choice] => match (&choice.finish_reason, message(choice)) {
             (Some(finish), Some(content)) => Some(Answer {
@@ -419,6 +440,7 @@ pub fn completion(body: &[u8], keep: bool) -> Completion {
         tokens,
         text,
         answer,
+        whole,
     }
 }
 
@@ -589,6 +611,30 @@ mod tests {
         assert!(w.finished && !w.complete(), "choice 1 never finished");
         assert!(both.complete());
         assert!(!untracked.complete());
+    }
+
+    #[test]
+    fn a_legacy_completion_stream_is_established_by_its_text() {
+        let chunk = |text: &str, finish: &str| {
+            format!("data: {{\"object\":\"text_completion\",\"choices\":[{{\"text\":\"{text}\",\"index\":0,\"logprobs\":null,\"finish_reason\":{finish}}}]}}\n\n")
+        };
+        let mut w = StreamWatch::new(true);
+        let mut delivered = String::new();
+        w.feed(chunk("", "null").as_bytes(), Some(&mut delivered));
+        assert!(!w.established, "an empty text is no content");
+        w.feed(chunk("Hel", "null").as_bytes(), Some(&mut delivered));
+        assert!(w.established);
+        w.feed(chunk("lo", "\"stop\"").as_bytes(), Some(&mut delivered));
+        w.feed(b"data: [DONE]\n\n", Some(&mut delivered));
+        assert!(w.complete());
+        assert_eq!(delivered, "Hello");
+        let whole = completion(
+            br#"{"object":"text_completion","choices":[{"text":"hi","index":0,"finish_reason":"stop"}],"usage":{"prompt_tokens":2,"completion_tokens":1}}"#,
+            true,
+        );
+        assert_eq!((whole.text.as_str(), whole.tokens.prompt), ("hi", Some(2)));
+        assert!(whole.whole);
+        assert!(!completion(br#"{"error":{"message":"x"}}"#, true).whole);
     }
 
     #[test]

@@ -27,11 +27,8 @@ use bytes::Bytes;
 use std::future::Future;
 use std::time::Instant;
 
-/// What a client asks a provider to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
-    Chat,
-}
+/// What a client asks a provider to do (defined with the request, which carries it).
+pub use crate::protocol::Operation;
 
 /// A piece of an answer, whatever protocol it came in.
 #[derive(Debug)]

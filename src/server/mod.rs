@@ -73,8 +73,8 @@ impl HttpServerApp for Gateway {
         if self.shared.access_log.enabled() {
             self.access_log(&session, &ctx);
         }
-        if ctx.metered {
-            self.record_metrics(&ctx);
+        if let Some(endpoint) = ctx.endpoint {
+            self.record_metrics(&ctx, endpoint);
         }
         let settings = HttpPersistentSettings::for_session(&session);
         let reusable = session.finish().await.ok().flatten();
@@ -134,34 +134,40 @@ impl Gateway {
         self.shared.access_log.write(&entry, format);
     }
 
-    fn record_metrics(&self, ctx: &RequestCtx) {
+    fn record_metrics(&self, ctx: &RequestCtx, endpoint: &str) {
         let m = &self.shared.metrics;
         let scenario = ctx.scenario.as_deref().unwrap_or("-");
         let provider = ctx.provider.as_deref().unwrap_or("-");
         let status = ctx.status.to_string();
         m.requests_total
-            .with_label_values(&[scenario, provider, status.as_str(), ctx.cache.as_str()])
+            .with_label_values(&[
+                endpoint,
+                scenario,
+                provider,
+                status.as_str(),
+                ctx.cache.as_str(),
+            ])
             .inc();
         let elapsed = ctx.started.elapsed();
         m.request_duration_seconds
-            .with_label_values(&[scenario, provider])
+            .with_label_values(&[endpoint, scenario, provider])
             .observe(elapsed.as_secs_f64());
         m.overhead_seconds
-            .with_label_values(&[scenario])
+            .with_label_values(&[endpoint, scenario])
             .observe(elapsed.saturating_sub(ctx.upstream_wait).as_secs_f64());
         if let Some(ttft) = ctx.ttft {
             m.time_to_first_token_seconds
-                .with_label_values(&[scenario, provider])
+                .with_label_values(&[endpoint, scenario, provider])
                 .observe(ttft.as_secs_f64());
         }
         if let Some(n) = ctx.prompt_tokens {
             m.tokens_total
-                .with_label_values(&[scenario, provider, "prompt"])
+                .with_label_values(&[endpoint, scenario, provider, "prompt"])
                 .inc_by(n);
         }
         if let Some(n) = ctx.completion_tokens {
             m.tokens_total
-                .with_label_values(&[scenario, provider, "completion"])
+                .with_label_values(&[endpoint, scenario, provider, "completion"])
                 .inc_by(n);
         }
         // Parts of the two above, counted again on their own (only when there are some).
@@ -171,7 +177,7 @@ impl Gateway {
         ] {
             if let Some(n) = n.filter(|n| *n > 0) {
                 m.tokens_total
-                    .with_label_values(&[scenario, provider, kind])
+                    .with_label_values(&[endpoint, scenario, provider, kind])
                     .inc_by(n);
             }
         }
@@ -193,7 +199,12 @@ impl Gateway {
         });
         if spent > 0.0 {
             m.spend_usd_total
-                .with_label_values(&[ctx.client.as_deref().unwrap_or("-"), scenario, provider])
+                .with_label_values(&[
+                    endpoint,
+                    ctx.client.as_deref().unwrap_or("-"),
+                    scenario,
+                    provider,
+                ])
                 .inc_by(spent);
         }
     }

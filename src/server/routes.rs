@@ -1,7 +1,7 @@
 //! The one route table of both listeners: which path and methods reach which endpoint, on
-//! which listener, whether the request is metered and whether it needs the admin key. The
-//! dispatch `match` sits next to the table, so adding an endpoint is one variant, one row and
-//! one arm here, plus its own module under `endpoints/`.
+//! which listener, whether the request is metered (and under which `endpoint` label) and
+//! whether it needs the admin key. The dispatch `match` sits next to the table, so adding an
+//! endpoint is one variant, one row and one arm here, plus its own module under `endpoints/`.
 //!
 //! A path is matched exactly, or it ends in `{id}`: then it matches any path with that prefix
 //! and a non-empty rest, which the endpoint gets percent-decoded. The access log writes such a
@@ -12,12 +12,15 @@ use crate::downstream::{self, Dialect, RequestCtx};
 use crate::endpoints;
 use crate::error::GatewayError;
 use crate::filters::auth;
+use crate::protocol::Operation;
 use crate::state::Shared;
 use pingora::protocols::http::ServerSession as Session;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     Chat,
+    Embeddings,
+    Completions,
     Messages,
     CountTokens,
     Responses,
@@ -42,8 +45,9 @@ pub struct Route {
     pub paths: &'static [&'static str],
     pub methods: &'static [&'static str],
     pub endpoint: Endpoint,
-    /// Counted in the request metrics.
-    pub metered: bool,
+    /// Counted in the request metrics, under this `endpoint` label (a fixed vocabulary:
+    /// `chat`, `messages`, `embeddings`, `completions`, `responses`).
+    pub metered: Option<&'static str>,
 }
 
 const GET: &[&str] = &["GET", "HEAD"];
@@ -62,33 +66,40 @@ const fn row(
         paths,
         methods,
         endpoint,
-        metered: false,
+        metered: None,
+    }
+}
+
+/// A metered door of the API listener, counted under `label`.
+const fn door(label: &'static str, paths: &'static [&'static str], endpoint: Endpoint) -> Route {
+    Route {
+        metered: Some(label),
+        ..row(Role::Api, paths, &["POST"], endpoint)
     }
 }
 
 pub static ROUTES: &[Route] = &[
-    Route {
-        metered: true,
-        ..row(
-            Role::Api,
-            &["/v1/chat/completions", "/chat/completions"],
-            &["POST"],
-            Endpoint::Chat,
-        )
-    },
-    Route {
-        metered: true,
-        ..row(Role::Api, &["/v1/messages"], &["POST"], Endpoint::Messages)
-    },
-    Route {
-        metered: true,
-        ..row(
-            Role::Api,
-            &["/v1/responses", "/responses"],
-            &["POST"],
-            Endpoint::Responses,
-        )
-    },
+    door(
+        "chat",
+        &["/v1/chat/completions", "/chat/completions"],
+        Endpoint::Chat,
+    ),
+    door(
+        "embeddings",
+        &["/v1/embeddings", "/embeddings"],
+        Endpoint::Embeddings,
+    ),
+    door(
+        "completions",
+        &["/v1/completions", "/completions"],
+        Endpoint::Completions,
+    ),
+    door("messages", &["/v1/messages"], Endpoint::Messages),
+    door(
+        "responses",
+        &["/v1/responses", "/responses"],
+        Endpoint::Responses,
+    ),
     row(
         Role::Api,
         &["/v1/responses/{id}", "/responses/{id}"],
@@ -219,7 +230,7 @@ pub async fn dispatch(
     let (route, arg) = find(role, head.method.as_str(), path)?;
     // Owned: the argument borrows the request head, and the endpoints take the session.
     let arg = decode(arg);
-    ctx.metered = route.metered;
+    ctx.endpoint = route.metered;
     match route.endpoint {
         Endpoint::Messages | Endpoint::CountTokens => ctx.dialect = Dialect::Anthropic,
         Endpoint::Responses => ctx.dialect = Dialect::Responses,
@@ -227,6 +238,12 @@ pub async fn dispatch(
     }
     match route.endpoint {
         Endpoint::Chat => endpoints::chat::handle(shared, session, ctx).await,
+        Endpoint::Embeddings => {
+            endpoints::chat::handle_op(shared, session, ctx, Operation::Embeddings).await
+        }
+        Endpoint::Completions => {
+            endpoints::chat::handle_op(shared, session, ctx, Operation::Completions).await
+        }
         Endpoint::Messages => endpoints::messages::handle(shared, session, ctx).await,
         Endpoint::CountTokens => endpoints::messages::count_tokens(shared, session, ctx).await,
         Endpoint::Responses => endpoints::responses::handle(shared, session, ctx).await,
@@ -285,6 +302,23 @@ mod tests {
         assert_eq!(
             find(Role::Admin, "POST", "/ready").unwrap_err().status(),
             405
+        );
+        for (path, endpoint, label) in [
+            ("/v1/embeddings", Endpoint::Embeddings, "embeddings"),
+            ("/embeddings", Endpoint::Embeddings, "embeddings"),
+            ("/v1/completions", Endpoint::Completions, "completions"),
+            ("/v1/chat/completions", Endpoint::Chat, "chat"),
+            ("/v1/messages", Endpoint::Messages, "messages"),
+        ] {
+            let (r, _) = find(Role::Api, "POST", path).unwrap();
+            assert_eq!((r.endpoint, r.metered), (endpoint, Some(label)), "{path}");
+        }
+        assert_eq!(
+            find(Role::Api, "POST", "/v1/models")
+                .map(|(r, _)| r.metered)
+                .ok(),
+            None,
+            "a GET-only path answers 405"
         );
         assert_eq!(logged_path("/admin/reload"), "/admin/reload");
         assert_eq!(logged_path("/secret/path"), "(other)");

@@ -38,9 +38,14 @@ enum Body {
 impl Chat {
     /// The chat endpoint of the gateway whose API listener is `api` (`http://host:port`).
     pub fn at(api: &str) -> Chat {
+        Chat::at_path(api, "/v1/chat/completions")
+    }
+
+    /// Another `POST` endpoint of that listener (`/v1/embeddings`, …), built the same way.
+    pub fn at_path(api: &str, path: &str) -> Chat {
         Chat {
             client: None,
-            url: format!("{api}/v1/chat/completions"),
+            url: format!("{api}{path}"),
             key: None,
             headers: Vec::new(),
             body: None,

@@ -6,6 +6,7 @@ pub mod anthropic;
 pub mod client;
 pub mod contract;
 pub mod dify;
+pub mod openai_ops;
 
 #[allow(unused_imports)]
 pub use client::{chat, http, Answer, Chat};
@@ -215,6 +216,8 @@ impl MockOpenAi {
         let app = Router::new()
             .route("/v1/chat/completions", post(completions))
             .route("/chat/completions", post(completions))
+            .route("/v1/embeddings", post(openai_ops::embeddings))
+            .route("/v1/completions", post(openai_ops::completions))
             .with_state(state.clone());
         (state, app)
     }
@@ -281,7 +284,12 @@ fn split_content(text: &str, n: usize) -> Vec<String> {
     chars.chunks(size).map(|c| c.iter().collect()).collect()
 }
 
-async fn completions(State(state): State<Arc<MockState>>, req: axum::extract::Request) -> Response {
+/// Records a request and applies the knobs every door shares (latency, never answering, error
+/// statuses): the request's JSON and the knobs, or the error answer.
+async fn receive(
+    state: &Arc<MockState>,
+    req: axum::extract::Request,
+) -> Result<(Value, Knobs), Response> {
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -298,7 +306,7 @@ async fn completions(State(state): State<Arc<MockState>>, req: axum::extract::Re
     });
     let knobs = state.knobs.lock().clone();
     let mut watch = CancelWatch {
-        state: &state,
+        state,
         answered: false,
     };
     if knobs.never_answer {
@@ -317,8 +325,17 @@ async fn completions(State(state): State<Arc<MockState>>, req: axum::extract::Re
         if let Some(s) = knobs.retry_after {
             r = r.header("retry-after", s.to_string());
         }
-        return r.body(Body::from(knobs.error_body.clone())).unwrap();
+        return Err(r.body(Body::from(knobs.error_body.clone())).unwrap());
     }
+    Ok((req, knobs))
+}
+
+async fn completions(State(state): State<Arc<MockState>>, req: axum::extract::Request) -> Response {
+    let (req, knobs) = match receive(&state, req).await {
+        Ok(r) => r,
+        Err(failure) => return failure,
+    };
+    let model = req["model"].as_str().unwrap_or("mock-model").to_owned();
     if knobs.pings_only {
         let pings = futures::stream::unfold((), move |_| async move {
             tokio::time::sleep(Duration::from_millis(100)).await;

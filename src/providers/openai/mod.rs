@@ -3,9 +3,11 @@
 //! Messages are copied as the client's raw JSON text, never re-encoded; the answer is relayed
 //! as it is. A stream always asks for `stream_options.include_usage`, so that limits, spend
 //! and metrics count the upstream's real tokens (the relay takes that usage out again for a
-//! client that did not ask for it).
+//! client that did not ask for it). Embeddings and
+//! completions calls are built in `relayed.rs`.
 
 pub mod errors;
+mod relayed;
 pub mod stream;
 
 use super::{BuildCx, Operation, Provider, UpstreamCall};
@@ -21,8 +23,12 @@ use serde_json::{Map, Value};
 pub struct OpenAi<'a>(pub &'a ProviderConfig);
 
 impl Provider for OpenAi<'_> {
+    /// Chat, embeddings and completions: the OpenAI API has all three.
     fn supports(&self, op: Operation) -> bool {
-        matches!(op, Operation::Chat)
+        matches!(
+            op,
+            Operation::Chat | Operation::Embeddings | Operation::Completions
+        )
     }
 
     /// Everything: the request reaches the upstream as the client sent it.
@@ -43,6 +49,9 @@ impl Provider for OpenAi<'_> {
         target: &'a Target,
         req: &'a ChatRequest,
     ) -> Result<UpstreamCall, GatewayError> {
+        if req.op != Operation::Chat {
+            return relayed::call(target, req);
+        }
         let system = super::render_system_prompt(cx.config, target, req, cx.vars)?;
         build_call(target, req, system.as_deref(), cx.drop)
     }
