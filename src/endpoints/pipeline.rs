@@ -133,10 +133,9 @@ pub(crate) async fn serve(
 fn estimate_missing_usage(ctx: &mut RequestCtx, req: &ChatRequest, prompt_estimate: Option<u64>) {
     let answered = ctx.ttft.is_some() && ctx.cache != CacheState::Hit;
     // Embeddings have no completion: their usage is complete without it.
-    if req.op == Operation::Embeddings && ctx.prompt_tokens.is_some() {
-        ctx.completion_tokens.get_or_insert(0);
-    }
-    if !answered || (ctx.prompt_tokens.is_some() && ctx.completion_tokens.is_some()) {
+    let complete = ctx.prompt_tokens.is_some()
+        && (ctx.completion_tokens.is_some() || req.op == Operation::Embeddings);
+    if !answered || complete {
         return;
     }
     ctx.usage_estimated = true;

@@ -323,7 +323,12 @@ impl StreamWatch {
 /// upstream reports no usage), up to [`MAX_KEPT`].
 fn add_delivered(d: &mut String, v: &View<'_>) {
     for c in &v.choices {
-        let text = c.delta.as_ref().and_then(|d| d.content.as_deref());
+        // A chat delta's content, or a legacy completion chunk's text.
+        let text = c
+            .delta
+            .as_ref()
+            .and_then(|d| d.content.as_deref())
+            .or(c.text.as_deref());
         if let Some(t) = text.filter(|t| d.len() + t.len() <= MAX_KEPT) {
             d.push_str(t);
         }
