@@ -245,7 +245,7 @@ impl Encoder {
             Encoder::OpenAi(w) => w.completion(content, thinking.0, tool_calls, reason, usage),
             Encoder::Responses { writer, .. } => {
                 writer.complete(content, thinking.0, tool_calls, reason, usage);
-                Bytes::from(writer.response().to_string())
+                writer.to_bytes()
             }
             Encoder::Anthropic { writer, model, .. } => {
                 let calls: Vec<(String, String, String)> = tool_calls

@@ -37,7 +37,7 @@ pub fn replay(a: &crate::protocol::Answer, meta: &ResponseMeta, stream: bool) ->
     );
     if !stream {
         w.complete(&a.content, &a.reasoning, &[], &a.finish_reason, a.usage);
-        return bytes::Bytes::from(w.response().to_string());
+        return w.to_bytes();
     }
     let mut out = bytes::BytesMut::new();
     w.start(&mut out);
