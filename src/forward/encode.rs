@@ -224,9 +224,17 @@ impl Encoder {
                 writer,
                 store: Some(plan),
                 ..
-            } if writer.is_ended() => {
-                Some((plan.key.clone(), plan.record(writer.response()), plan.ttl))
-            }
+            } if writer.is_ended() => match plan.record(writer.response()) {
+                Some(record) => Some((plan.key.clone(), record, plan.ttl)),
+                None => {
+                    log::warn!(
+                        "response {} not stored: its conversation is larger than {} bytes",
+                        plan.key.session,
+                        crate::protocol::responses::stored::MAX_RECORD
+                    );
+                    None
+                }
+            },
             _ => None,
         }
     }

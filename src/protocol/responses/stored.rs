@@ -29,17 +29,24 @@ pub struct StorePlan {
     pub messages: Vec<Value>,
 }
 
+/// The largest stored record: a chain's history grows with every turn, and the store must not
+/// grow without bound with it. A response whose record would be larger is not stored (a
+/// follow-up naming it gets the 400 of an unknown id).
+pub const MAX_RECORD: usize = 16 << 20;
+
 impl StorePlan {
-    /// The stored record of `response`, as the conversation store keeps it.
-    pub fn record(&self, response: Value) -> String {
+    /// The stored record of `response`, as the conversation store keeps it; `None` when it
+    /// would pass [`MAX_RECORD`].
+    pub fn record(&self, response: Value) -> Option<String> {
         let mut messages = self.messages.clone();
         messages.extend(assistant_turn(&response));
-        Stored {
+        let text = Stored {
             session: self.session.clone(),
             messages,
             response,
         }
-        .to_json()
+        .to_json();
+        (text.len() <= MAX_RECORD).then_some(text)
     }
 }
 
@@ -122,5 +129,20 @@ mod tests {
         };
         let back = Stored::from_json(&s.to_json()).unwrap();
         assert_eq!(back.messages, s.messages);
+    }
+
+    #[test]
+    fn a_record_past_the_bound_is_not_kept() {
+        let plan = |text: String| StorePlan {
+            key: key("app", "resp_1"),
+            ttl: Duration::from_secs(60),
+            session: "s".into(),
+            messages: vec![json!({"role": "user", "content": text})],
+        };
+        let answer = json!({"output": [{"type": "message", "content": [{"type": "output_text", "text": "ok"}]}]});
+        let kept = plan("q".into()).record(answer.clone()).unwrap();
+        let back = Stored::from_json(&kept).unwrap();
+        assert_eq!(back.messages.len(), 2, "the input and the answer");
+        assert!(plan("x".repeat(MAX_RECORD)).record(answer).is_none());
     }
 }
