@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::Command;
 use support::anthropic::{AnthropicKnobs, MockAnthropic, MOCK_KEY, SIGNATURE};
-use support::client::http;
+use support::client::{http, sse_events as events};
 use support::dify::{key, MockDify, Mode};
 use support::*;
 
@@ -80,26 +80,6 @@ async fn post(
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     (status, headers, resp.text().await.unwrap())
-}
-
-/// `(event, data)` pairs of an Anthropic SSE body.
-fn events(text: &str) -> Vec<(String, Value)> {
-    text.split("\n\n")
-        .filter(|e| !e.trim().is_empty())
-        .map(|e| {
-            let name = e
-                .lines()
-                .find_map(|l| l.strip_prefix("event: "))
-                .unwrap_or_default()
-                .to_owned();
-            let data = e
-                .lines()
-                .find_map(|l| l.strip_prefix("data: "))
-                .map(|d| serde_json::from_str(d).unwrap())
-                .unwrap_or(Value::Null);
-            (name, data)
-        })
-        .collect()
 }
 
 fn ask(model: &str, stream: bool) -> Value {

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 use support::anthropic::{AnthropicKnobs, MockAnthropic, MOCK_KEY};
-use support::client::http;
+use support::client::{http, sse_events as events};
 use support::dify::{key, MockDify, Mode};
 use support::*;
 
@@ -89,26 +89,6 @@ async fn get(gw: &TestGateway, key: &str, id: &str) -> (u16, String) {
         .await
         .unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
-}
-
-/// `(event, data)` pairs of an SSE body.
-fn events(text: &str) -> Vec<(String, Value)> {
-    text.split("\n\n")
-        .filter(|e| !e.trim().is_empty() && !e.starts_with(':'))
-        .map(|e| {
-            let name = e
-                .lines()
-                .find_map(|l| l.strip_prefix("event: "))
-                .unwrap_or_default()
-                .to_owned();
-            let data = e
-                .lines()
-                .find_map(|l| l.strip_prefix("data: "))
-                .map(|d| serde_json::from_str(d).unwrap())
-                .unwrap_or(Value::Null);
-            (name, data)
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -195,3 +195,24 @@ impl Answer {
         }
     }
 }
+
+/// `(event, data)` pairs of a named-event SSE body (Anthropic Messages, Responses API): the
+/// `event:` name and the parsed `data:`; comments and blank events are skipped.
+pub fn sse_events(text: &str) -> Vec<(String, Value)> {
+    text.split("\n\n")
+        .filter(|e| !e.trim().is_empty() && !e.starts_with(':'))
+        .map(|e| {
+            let name = e
+                .lines()
+                .find_map(|l| l.strip_prefix("event: "))
+                .unwrap_or_default()
+                .to_owned();
+            let data = e
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .map(|d| serde_json::from_str(d).unwrap())
+                .unwrap_or(Value::Null);
+            (name, data)
+        })
+        .collect()
+}
