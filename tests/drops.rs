@@ -7,7 +7,6 @@ mod support;
 
 use serde_json::{json, Value};
 use std::path::PathBuf;
-use std::process::Command;
 use support::dify::{key, MockDify, Mode};
 use support::*;
 
@@ -294,21 +293,12 @@ async fn langchain_and_the_openai_sdk_see_refusals_and_tool_calls() {
     let (dify, _openai, gw) = setup().await;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/langchain_check.py");
     let base = format!("{}/v1", gw.api);
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .args(["--gateway", &base])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_sdk_script(
+        python,
+        script,
+        vec!["--gateway".to_string(), base.to_string()],
+    )
+    .await;
     assert!(stdout.contains("ALL OK"), "{stdout}");
     assert!(dify.calls().is_empty(), "no tool request reached Dify");
 }

@@ -6,7 +6,6 @@ mod support;
 
 use serde_json::{json, Value};
 use std::path::PathBuf;
-use std::process::Command;
 use support::anthropic::{AnthropicKnobs, MockAnthropic, MOCK_KEY, SIGNATURE};
 use support::client::{http, sse_events as events};
 use support::dify::{key, MockDify, Mode};
@@ -441,20 +440,11 @@ async fn the_anthropic_python_sdk_works_unmodified() {
     s.claude.set(|k| k.tool_use = None);
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/anthropic_check.py");
     let base = s.gw.api.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .args(["--gateway", &base])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_sdk_script(
+        python,
+        script,
+        vec!["--gateway".to_string(), base.to_string()],
+    )
+    .await;
     assert!(stdout.contains("ALL OK"), "{stdout}");
 }

@@ -7,7 +7,6 @@ mod support;
 
 use serde_json::{json, Value};
 use std::path::PathBuf;
-use std::process::Command;
 use support::client::{http, Answer, Chat};
 use support::dify::{key, MockDify, Mode};
 use support::*;
@@ -80,21 +79,19 @@ async fn the_openai_sdk_creates_embeddings_and_completions() {
     let content = Knobs::default().content;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/embeddings_check.py");
     let base = format!("{}/v1", s.gw.api);
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .args(["--gateway", &base, "--key", "key-a", "--content", &content])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_sdk_script(
+        python,
+        script,
+        vec![
+            "--gateway".to_string(),
+            base.to_string(),
+            "--key".to_string(),
+            "key-a".to_string(),
+            "--content".to_string(),
+            content.to_string(),
+        ],
+    )
+    .await;
     assert!(stdout.contains("sdk checks passed"), "{stdout}");
     let received = s.up.received();
     let paths: Vec<&str> = received.iter().map(|r| r.path.as_str()).collect();

@@ -7,7 +7,6 @@ mod support;
 
 use serde_json::{json, Value};
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 use support::anthropic::{AnthropicKnobs, MockAnthropic, MOCK_KEY};
 use support::client::{http, sse_events as events};
@@ -405,21 +404,12 @@ async fn the_openai_python_sdk_works_unmodified() {
         .set(|k| k.tool_call = Some(("get_weather".into(), r#"{"city":"Paris"}"#.into())));
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/responses_check.py");
     let base = format!("{}/v1", s.gw.api);
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .args(["--gateway", &base])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK checks failed:\n{stdout}\n{stderr}"
-    );
+    let stdout = run_sdk_script(
+        python,
+        script,
+        vec!["--gateway".to_string(), base.to_string()],
+    )
+    .await;
     assert!(stdout.contains("responses sdk checks passed"), "{stdout}");
     // The Dify chain: turn 2 went to the conversation turn 1 started.
     let calls = s.dify.calls();

@@ -693,3 +693,28 @@ pub fn python_with(modules: &str) -> std::path::PathBuf {
     );
     candidate
 }
+
+/// Runs an SDK check script with `python` off the async runtime; fails the test with its
+/// output when it fails, and returns its stdout.
+pub async fn run_sdk_script(
+    python: std::path::PathBuf,
+    script: std::path::PathBuf,
+    args: Vec<String>,
+) -> String {
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "SDK checks failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
