@@ -97,22 +97,26 @@ impl ConversationStore for MemoryConversations {
 /// future per request).
 pub enum Conversations {
     Memory(MemoryConversations),
+    Redis(crate::remote::conversations::RedisConversations),
 }
 
 impl ConversationStore for Conversations {
     async fn get(&self, key: &ConversationKey) -> Option<String> {
         match self {
             Conversations::Memory(m) => m.get(key).await,
+            Conversations::Redis(r) => r.get(key).await,
         }
     }
     async fn put(&self, key: ConversationKey, id: String, ttl: Duration) {
         match self {
             Conversations::Memory(m) => m.put(key, id, ttl).await,
+            Conversations::Redis(r) => r.put(key, id, ttl).await,
         }
     }
     async fn remove(&self, key: &ConversationKey) {
         match self {
             Conversations::Memory(m) => m.remove(key).await,
+            Conversations::Redis(r) => r.remove(key).await,
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod providers;
 pub mod reload;
+pub mod remote;
 pub mod routing;
 pub mod server;
 pub mod state;

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub overhead_seconds: HistogramVec,
     pub tokens_total: IntCounterVec,
     pub usage_estimated_total: IntCounterVec,
+    pub state_errors_total: IntCounterVec,
     pub upstream_attempts_total: IntCounterVec,
     pub fallbacks_total: IntCounterVec,
     pub circuit_state: IntGaugeVec,
@@ -72,6 +73,11 @@ impl Metrics {
             "usage_estimated_total",
             "Upstream answers without usage, counted from the gateway's estimate.",
             &["provider"],
+        )?;
+        let state_errors_total = counter(
+            "state_errors_total",
+            "Shared-state (Redis) commands that failed, timed out or were skipped while Redis was unreachable, by operation.",
+            &["op"],
         )?;
         let upstream_attempts_total = counter(
             "upstream_attempts_total",
@@ -176,6 +182,7 @@ impl Metrics {
             overhead_seconds,
             tokens_total,
             usage_estimated_total,
+            state_errors_total,
             upstream_attempts_total,
             fallbacks_total,
             circuit_state,

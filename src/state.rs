@@ -3,10 +3,15 @@
 //! cache, client limits, conversations) — built from config in one place, [`Stores::build`].
 
 use crate::cache::{Answers, MemoryAnswers, ResponseCache};
+use crate::config::StateBackend;
 use crate::config::{Config, ConfigError};
 use crate::conversations::{Conversations, MemoryConversations};
 use crate::limits::{LimitStores, Limits, MemoryLimits};
 use crate::metrics::Metrics;
+use crate::remote::answers::RedisAnswers;
+use crate::remote::conversations::RedisConversations;
+use crate::remote::limits::RedisLimits;
+use crate::remote::Remote;
 use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
 use std::sync::Arc;
@@ -32,23 +37,40 @@ impl RuntimeState {
     }
 }
 
-/// The stores of state that outlives a request, built for the configured backend (in memory
-/// today; a shared backend adds a variant to each store enum and a branch here).
+/// The stores of state that outlives a request, built for the configured backend: in this
+/// process, or shared by every replica through Redis (`state.backend`).
 pub struct Stores {
     pub cache: ResponseCache,
     pub limits: Limits,
     pub conversations: Conversations,
+    /// The Redis connection, when state is shared (for `/ready`).
+    pub remote: Option<Arc<Remote>>,
 }
 
 impl Stores {
-    pub fn build(config: &Config) -> Stores {
+    pub fn build(config: &Config, metrics: &Arc<Metrics>) -> Stores {
+        let l1 = MemoryAnswers::new(config.cache_max_entries, config.cache_max_bytes);
+        let remote = match config.state.backend {
+            StateBackend::Memory => None,
+            StateBackend::Redis => Remote::new(&config.state, metrics.clone()),
+        };
+        let Some(remote) = remote else {
+            return Stores {
+                cache: ResponseCache::new(Answers::Memory(l1)),
+                limits: Limits::new(LimitStores::Memory(MemoryLimits::default())),
+                conversations: Conversations::Memory(MemoryConversations::default()),
+                remote: None,
+            };
+        };
         Stores {
-            cache: ResponseCache::new(Answers::Memory(MemoryAnswers::new(
-                config.cache_max_entries,
-                config.cache_max_bytes,
+            cache: ResponseCache::new(Answers::Redis(RedisAnswers::new(
+                remote.clone(),
+                l1,
+                config.cache_max_entry_bytes,
             ))),
-            limits: Limits::new(LimitStores::Memory(MemoryLimits::default())),
-            conversations: Conversations::Memory(MemoryConversations::default()),
+            limits: Limits::new(LimitStores::Redis(RedisLimits::new(remote.clone()))),
+            conversations: Conversations::Redis(RedisConversations::new(remote.clone())),
+            remote: Some(remote),
         }
     }
 }
@@ -67,6 +89,8 @@ pub struct Shared {
     pub limits: Limits,
     /// Conversations per (target, user, session); kept across reloads.
     pub conversations: Conversations,
+    /// The shared-state connection (`state.backend: redis`); fixed until restart.
+    pub remote: Option<Arc<Remote>>,
     /// Requests in flight and the graceful stop.
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
     pub access_log: crate::access_log::AccessLog,
@@ -83,7 +107,8 @@ impl Shared {
             cache,
             limits,
             conversations,
-        } = Stores::build(&config);
+            remote,
+        } = Stores::build(&config, &metrics);
         let router = crate::routing::Router::new(metrics.clone());
         // Every configured target is known (and exported) from the start, not after its first
         // request.
@@ -97,6 +122,7 @@ impl Shared {
             metrics,
             upstream: Upstream::new(),
             conversations,
+            remote,
             lifecycle: Arc::default(),
             access_log,
         })
@@ -117,7 +143,8 @@ impl Shared {
             Ok(cfg) => {
                 let restart_required = cfg.listen != current.config.listen
                     || cfg.admin_listen != current.config.admin_listen
-                    || cfg.threads != current.config.threads;
+                    || cfg.threads != current.config.threads
+                    || cfg.state != current.config.state;
                 let generation = current.generation + 1;
                 for w in &cfg.warnings {
                     log::warn!("{w}");
@@ -126,7 +153,7 @@ impl Shared {
                 self.state
                     .store(Arc::new(RuntimeState::new(cfg, generation)));
                 if restart_required {
-                    log::warn!("config reloaded ({trigger}), generation {generation}; listener or thread changes need a restart");
+                    log::warn!("config reloaded ({trigger}), generation {generation}; listener, thread or state changes need a restart");
                 } else {
                     log::info!("config reloaded ({trigger}), generation {generation}");
                 }

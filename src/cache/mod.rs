@@ -16,6 +16,7 @@ pub mod store;
 use crate::config::Scenario;
 use crate::protocol::chunks::ChunkWriter;
 use crate::protocol::{Answer, ChatRequest, Operation};
+use crate::remote::flight::Claim;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -207,6 +208,8 @@ pub enum Lookup {
     Lead(Flight),
     /// Another request is computing it: wait for that.
     Follow(watch::Receiver<Option<Arc<Entry>>>),
+    /// Another replica computed it while this one waited (shared cache only).
+    Joined(Arc<Entry>),
 }
 
 /// The leader's duty to publish (or withdraw) an answer; dropping it withdraws.
@@ -214,6 +217,8 @@ pub struct Flight {
     key: Key,
     cache: Arc<Inner>,
     tx: Option<watch::Sender<Option<Arc<Entry>>>>,
+    /// Other replicas wait on this lock (shared cache); released when the flight ends.
+    remote: Option<crate::remote::flight::Lock>,
 }
 
 impl Flight {
@@ -221,6 +226,7 @@ impl Flight {
         if let Some(tx) = self.tx.take() {
             let _ = tx.send(entry);
         }
+        self.remote = None;
     }
 }
 
@@ -269,7 +275,9 @@ impl ResponseCache {
     }
 
     /// A stored entry young enough for `max_age`, else the single-flight role for this key.
-    pub async fn lookup(&self, key: &Key, max_age: Option<u64>) -> Lookup {
+    /// With a shared cache, a leader first waits (at most `patience`) for another replica
+    /// computing the same answer.
+    pub async fn lookup(&self, key: &Key, max_age: Option<u64>, patience: Duration) -> Lookup {
         self.lookups.fetch_add(1, Ordering::Relaxed);
         if let Some(e) = self.fresh(key, max_age).await {
             return Lookup::Hit(e);
@@ -277,13 +285,23 @@ impl ResponseCache {
         match self.lead_or_follow(key) {
             // A leader may have stored the answer and ended its flight between the read above
             // and now: look again before calling the upstream a second time.
-            Lookup::Lead(flight) => match self.fresh(key, max_age).await {
+            Lookup::Lead(mut flight) => match self.fresh(key, max_age).await {
                 Some(e) => {
                     // Anyone who joined this flight meanwhile gets the same answer.
                     flight.finish(Some(e.clone()));
                     Lookup::Hit(e)
                 }
-                None => Lookup::Lead(flight),
+                None => match self.store.claim(key, patience).await {
+                    Claim::Found(e) if max_age.is_none_or(|m| e.age().as_secs() <= m) => {
+                        flight.finish(Some(e.clone()));
+                        Lookup::Joined(e)
+                    }
+                    Claim::Found(_) => Lookup::Lead(flight),
+                    Claim::Lead(lock) => {
+                        flight.remote = lock;
+                        Lookup::Lead(flight)
+                    }
+                },
             },
             other => other,
         }
@@ -310,6 +328,7 @@ impl ResponseCache {
             key: *key,
             cache: self.inner.clone(),
             tx: Some(tx),
+            remote: None,
         })
     }
 

@@ -138,32 +138,49 @@ impl AnswerStore for MemoryAnswers {
 /// The configured backend; a variant per backend keeps calls statically dispatched.
 pub enum Answers {
     Memory(MemoryAnswers),
+    Redis(crate::remote::answers::RedisAnswers),
+}
+
+impl Answers {
+    /// For a key nobody in this replica is computing: an answer another replica stored or
+    /// is about to store (waiting at most `patience`), else the duty to compute it.
+    pub async fn claim(&self, key: &Key, patience: Duration) -> crate::remote::flight::Claim {
+        match self {
+            Answers::Memory(_) => crate::remote::flight::Claim::Lead(None),
+            Answers::Redis(r) => r.claim(key, patience).await,
+        }
+    }
 }
 
 impl AnswerStore for Answers {
     async fn get(&self, key: &Key) -> Option<Arc<Entry>> {
         match self {
             Answers::Memory(m) => m.get(key).await,
+            Answers::Redis(r) => r.get(key).await,
         }
     }
     async fn put(&self, key: Key, entry: Arc<Entry>) {
         match self {
             Answers::Memory(m) => m.put(key, entry).await,
+            Answers::Redis(r) => r.put(key, entry).await,
         }
     }
     async fn remove(&self, key: &Key) {
         match self {
             Answers::Memory(m) => m.remove(key).await,
+            Answers::Redis(r) => r.remove(key).await,
         }
     }
     async fn clear(&self) -> u64 {
         match self {
             Answers::Memory(m) => m.clear().await,
+            Answers::Redis(r) => r.clear().await,
         }
     }
     async fn stats(&self) -> StoreStats {
         match self {
             Answers::Memory(m) => m.stats().await,
+            Answers::Redis(r) => r.stats().await,
         }
     }
 }

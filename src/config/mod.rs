@@ -19,7 +19,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use raw::{BudgetPeriod, DifyApp, LogFormat, ProviderType, Strategy, SystemPromptMode};
+pub use raw::{
+    BudgetPeriod, DifyApp, LogFormat, OnError, ProviderType, StateBackend, Strategy,
+    SystemPromptMode,
+};
 pub use units::Secret;
 
 /// How bad a finding is: errors stop a load, warnings are printed by `--check` only.
@@ -272,6 +275,18 @@ impl Client {
     }
 }
 
+/// The `state:` section: the backend of limits, budgets, conversations and the cache.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateConfig {
+    pub backend: StateBackend,
+    /// `redis://` or `rediss://`, possibly with a password: a secret.
+    pub url: Option<Secret>,
+    pub prefix: String,
+    /// Per command; a slower answer counts as an error.
+    pub timeout: Duration,
+    pub on_error: OnError,
+}
+
 #[derive(Debug)]
 pub struct Config {
     /// The file this was loaded from; relative paths inside it resolve against its folder.
@@ -293,6 +308,10 @@ pub struct Config {
     pub default_scenario: Option<usize>,
     pub cache_max_entries: u64,
     pub cache_max_bytes: u64,
+    /// The largest answer stored in a shared cache (`cache.max_entry_bytes`).
+    pub cache_max_entry_bytes: u64,
+    /// Where shared state lives (`state:`); read once at startup.
+    pub state: StateConfig,
     pub log_level: Option<String>,
     pub log_format: LogFormat,
     pub grace_period: Duration,

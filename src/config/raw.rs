@@ -31,6 +31,40 @@ pub struct RawConfig {
     pub shutdown: RawShutdown,
     #[serde(default)]
     pub responses: RawResponses,
+    #[serde(default)]
+    pub state: RawState,
+}
+
+/// Where state shared by replicas lives (limits, budgets, conversations, cache).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    pub backend: Option<StateBackend>,
+    pub url: Option<EnvString>,
+    pub prefix: Option<EnvString>,
+    pub timeout: Option<Dur>,
+    pub on_error: Option<OnError>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateBackend {
+    #[default]
+    Memory,
+    Redis,
+}
+
+/// What limits and budgets do while the shared store cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Per-replica counters in memory until the store is back.
+    #[default]
+    Local,
+    /// Admit without counting.
+    Open,
+    /// Refuse clients that have limits (503).
+    Closed,
 }
 
 /// `/v1/responses`: how long stored responses are kept.
@@ -268,6 +302,8 @@ pub enum SystemPromptMode {
 pub struct RawCacheStore {
     pub max_entries: Option<u64>,
     pub max_bytes: Option<Size>,
+    /// The largest answer shared through Redis; bigger ones are served but stay local.
+    pub max_entry_bytes: Option<Size>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]

@@ -150,7 +150,14 @@ pub fn redacted(config: &Config) -> Value {
         "providers": providers,
         "scenarios": scenarios,
         "default_scenario": config.default_scenario.and_then(|i| config.scenarios.get_index(i)).map(|(n, _)| n),
-        "cache": {"max_entries": config.cache_max_entries, "max_bytes": config.cache_max_bytes},
+        "cache": {"max_entries": config.cache_max_entries, "max_bytes": config.cache_max_bytes, "max_entry_bytes": config.cache_max_entry_bytes},
+        "state": {
+            "backend": config.state.backend,
+            "url": config.state.url.as_ref().map(|u| super::compile::state::redact_url(u.expose())),
+            "prefix": config.state.prefix,
+            "timeout": secs(config.state.timeout),
+            "on_error": config.state.on_error,
+        },
         "log": {"level": config.log_level, "format": config.log_format},
         "shutdown": {"grace_period": secs(config.grace_period)},
     })
@@ -192,5 +199,17 @@ mod tests {
         assert_eq!(c["version"], "2023-06-01");
         assert_eq!(c["beta"], json!(["prompt-caching-2024-07-31"]));
         assert!(!v.to_string().contains("sk-ant-secret"));
+    }
+
+    #[test]
+    fn the_redis_password_is_never_shown() {
+        let yaml = "providers:\n  m: {type: mock}\nscenarios:\n  s: {targets: [{provider: m}]}\nstate: { backend: redis, url: \"redis://app:hunter2@redis.svc:6379/1\", on_error: closed }\n";
+        let cfg = Config::from_str_at(yaml, Path::new("t.yaml")).unwrap();
+        let v = redacted(&cfg);
+        assert_eq!(v["state"]["url"], "redis://app:***@redis.svc:6379/1");
+        assert_eq!(v["state"]["backend"], "redis");
+        assert_eq!(v["state"]["on_error"], "closed");
+        assert_eq!(v["state"]["timeout"], "50ms");
+        assert!(!v.to_string().contains("hunter2"));
     }
 }

@@ -204,19 +204,23 @@ async fn answer(
                 Control::MaxAge(n) => Some(n),
                 _ => None,
             };
-            match shared.cache.lookup(&key, max_age).await {
+            // Wait for an identical request in flight (here or on another replica) as long as
+            // a first token may take.
+            let patience = scenario
+                .targets
+                .first()
+                .map_or(Duration::from_secs(60), |t| t.timeouts.first_token);
+            match shared.cache.lookup(&key, max_age, patience).await {
                 Lookup::Hit(entry) => {
                     lookups("hit");
                     return write_hit(session, ctx, &entry, job.req).await;
                 }
+                Lookup::Joined(entry) => {
+                    lookups("coalesced");
+                    return write_hit(session, ctx, &entry, job.req).await;
+                }
                 Lookup::Follow(rx) => {
-                    // Wait for the identical request in flight, as long as a first token may
-                    // take.
-                    let limit = scenario
-                        .targets
-                        .first()
-                        .map_or(Duration::from_secs(60), |t| t.timeouts.first_token);
-                    if let Some(entry) = cache::follow(rx, limit).await {
+                    if let Some(entry) = cache::follow(rx, patience).await {
                         lookups("coalesced");
                         return write_hit(session, ctx, &entry, job.req).await;
                     }

@@ -163,8 +163,10 @@ impl Limits {
                 BudgetLimit::Usd(usd) => (usd, demand.usd),
                 BudgetLimit::Tokens(t) => (t as f64, demand.tokens as f64),
             };
+            let (period, left) = period(b.per, unix);
             BudgetCheck {
-                period: period(b.per, unix).0,
+                period,
+                ends_in: Duration::from_secs(left),
                 cap,
                 need,
             }
@@ -208,6 +210,17 @@ impl Limits {
                 headers,
             )),
             Verdict::Refused(limit) => Err(refusal(client, demand, limit, &c, headers, unix)),
+            Verdict::Unavailable => Err(Refusal {
+                limit: "state",
+                error: Box::new(GatewayError::UpstreamUnavailable {
+                    message: format!(
+                        "client {} has limits and the shared limit store is unreachable (state.on_error: closed); retry shortly",
+                        client.name
+                    ),
+                    retry_after: Duration::from_secs(1),
+                }),
+                headers: Vec::new(),
+            }),
         }
     }
 

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy)]
 pub struct BudgetCheck {
     pub period: u64,
+    /// Until the period ends: how long a shared store keeps the period's spend.
+    pub ends_in: Duration,
     pub cap: f64,
     pub need: f64,
 }
@@ -56,18 +58,31 @@ pub struct Counters {
     pub inflight: u32,
 }
 
+/// Where an admitted request's reservation is held, so its settlement goes there too (a
+/// shared backend falls back to memory while it is unreachable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    Memory,
+    Shared,
+    /// Admitted without counting (`on_error: open`).
+    Nothing,
+}
+
 /// An admitted request's claim on the counters.
 #[derive(Debug)]
 pub struct Lease {
     pub client: String,
-    id: u64,
-    period: u64,
+    pub(crate) id: u64,
+    pub(crate) period: u64,
+    pub(crate) held: Held,
 }
 
 #[derive(Debug)]
 pub enum Verdict {
     Admitted(Lease),
     Refused(Limit),
+    /// The shared store cannot be reached and `on_error: closed` refuses limited clients.
+    Unavailable,
 }
 
 pub trait LimitStore: Send + Sync {
@@ -167,7 +182,7 @@ impl Default for MemoryLimits {
 }
 
 impl MemoryLimits {
-    fn reserve_now(&self, c: &Check<'_>) -> (Verdict, Counters) {
+    pub(crate) fn reserve_now(&self, c: &Check<'_>) -> (Verdict, Counters) {
         let now = Instant::now();
         let mut all = self.clients.lock();
         let st = all.entry(c.client.to_owned()).or_default();
@@ -212,6 +227,7 @@ impl MemoryLimits {
             client: c.client.to_owned(),
             id,
             period: c.budget.map_or(0, |b| b.period),
+            held: Held::Memory,
         };
         (Verdict::Admitted(lease), counters)
     }
@@ -223,6 +239,9 @@ impl LimitStore for MemoryLimits {
     }
 
     async fn settle(&self, lease: Lease, tokens: u64, amount: f64) {
+        if lease.held != Held::Memory {
+            return;
+        }
         let mut all = self.clients.lock();
         let Some(st) = all.get_mut(&lease.client) else {
             return;
@@ -254,22 +273,26 @@ impl LimitStore for MemoryLimits {
 /// The configured backend; a variant per backend keeps calls statically dispatched.
 pub enum LimitStores {
     Memory(MemoryLimits),
+    Redis(crate::remote::limits::RedisLimits),
 }
 
 impl LimitStore for LimitStores {
     async fn reserve(&self, check: &Check<'_>) -> (Verdict, Counters) {
         match self {
             LimitStores::Memory(m) => m.reserve(check).await,
+            LimitStores::Redis(r) => r.reserve(check).await,
         }
     }
     async fn settle(&self, lease: Lease, tokens: u64, amount: f64) {
         match self {
             LimitStores::Memory(m) => m.settle(lease, tokens, amount).await,
+            LimitStores::Redis(r) => r.settle(lease, tokens, amount).await,
         }
     }
     async fn counters(&self, client: &str, window: Duration, period: Option<u64>) -> Counters {
         match self {
             LimitStores::Memory(m) => m.counters(client, window, period).await,
+            LimitStores::Redis(r) => r.counters(client, window, period).await,
         }
     }
 }

@@ -37,9 +37,16 @@ pub async fn ready(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx)
     let (status, body) = if shared.lifecycle.draining() {
         (503, json!({"status": "draining"}))
     } else if missing.is_empty() {
+        // A Redis fault does not make the replica unready: it still serves (per
+        // state.on_error), and taking every replica out of service would be worse.
+        let shared_state = match &shared.remote {
+            None => "local",
+            Some(r) if r.degraded() => "degraded",
+            Some(_) => "ok",
+        };
         (
             200,
-            json!({"status": "ready", "config_generation": state.generation}),
+            json!({"status": "ready", "config_generation": state.generation, "state": shared_state}),
         )
     } else {
         (

@@ -8,6 +8,7 @@ mod clients;
 mod policies;
 mod providers;
 mod scenarios;
+pub mod state;
 
 use super::raw::RawConfig;
 use super::units::{EnvString, Secret};
@@ -237,6 +238,8 @@ fn build(raw: RawConfig, path: &Path, base_dir: &Path, cx: &mut Ctx) -> Config {
         );
     }
 
+    let state = state::compile(cx, &raw.state);
+
     let log_level = raw.log.level.clone();
     if let Some(level) = &log_level {
         if !["error", "warn", "info", "debug", "trace", "off"].contains(&level.as_str()) {
@@ -262,6 +265,8 @@ fn build(raw: RawConfig, path: &Path, base_dir: &Path, cx: &mut Ctx) -> Config {
         default_scenario,
         cache_max_entries: raw.cache.max_entries.unwrap_or(1000),
         cache_max_bytes: raw.cache.max_bytes.map_or(64 << 20, |s| s.0),
+        cache_max_entry_bytes: raw.cache.max_entry_bytes.map_or(1 << 20, |s| s.0),
+        state,
         log_level,
         log_format: raw.log.format.unwrap_or_default(),
         grace_period: raw
