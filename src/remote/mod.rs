@@ -1,7 +1,8 @@
 //! The shared-state backend: one Redis (or any Redis-protocol server) reached by every replica.
 //! This module owns the connection and the rules every command follows — bounded by
 //! `state.timeout`, counted in `ai_gateway_state_errors_total{op}` when it fails, and not
-//! tried at all for a short rest after a failure, so no request waits on a Redis that is down.
+//! tried at all after a failure until a background probe finds Redis answering again, so no
+//! request waits on a Redis that is down.
 //! The stores built on it (`limits`, `answers`, `conversations`, `flight`) decide what a
 //! failure means for them.
 //!
@@ -22,8 +23,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// After a failed command, commands are not tried for this long: a Redis that is down or slow
-/// costs one timeout per rest, not one per request.
+/// How often a Redis that failed is probed: requests do not try it in between, so a Redis that
+/// is down or slow costs one timeout, not one per request.
 const REST: Duration = Duration::from_secs(1);
 /// At most one warning per this long while Redis is unreachable.
 const WARN_EVERY: Duration = Duration::from_secs(10);
@@ -35,8 +36,8 @@ pub struct Remote {
     timeout: Duration,
     pub on_error: OnError,
     metrics: Arc<Metrics>,
-    /// Milliseconds since `epoch` until which commands are not tried.
-    rest_until: AtomicU64,
+    /// This store, for the prober it starts.
+    me: std::sync::Weak<Remote>,
     /// Milliseconds since `epoch` of the last warning, plus one (0 = never warned).
     warned_at: AtomicU64,
     degraded: AtomicBool,
@@ -88,14 +89,14 @@ impl Remote {
                 }
             }
         };
-        Some(Arc::new(Remote {
+        Some(Arc::new_cyclic(|me| Remote {
+            me: me.clone(),
             manager,
             runtime: Some(runtime),
             prefix: cfg.prefix.clone(),
             timeout: cfg.timeout,
             on_error: cfg.on_error,
             metrics,
-            rest_until: AtomicU64::new(0),
             warned_at: AtomicU64::new(0),
             degraded: AtomicBool::new(false),
             epoch: Instant::now(),
@@ -119,10 +120,10 @@ impl Remote {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Whether commands are resting after a failure (then the caller's fallback applies at
-    /// once, counted like a failure).
+    /// While Redis is known to be unreachable, commands are not tried: the caller's fallback
+    /// applies at once (counted like a failure) and the prober decides when Redis is back.
     fn resting(&self, op: &'static str) -> bool {
-        if self.now_ms() < self.rest_until.load(Ordering::Relaxed) {
+        if self.degraded.load(Ordering::Relaxed) {
             self.count_error(op);
             return true;
         }
@@ -136,12 +137,8 @@ impl Remote {
             .inc();
     }
 
-    fn failed(&self, op: &'static str, why: &str) {
-        self.count_error(op);
+    fn warn(&self, op: &'static str, why: &str) {
         let now = self.now_ms();
-        self.rest_until
-            .store(now + REST.as_millis() as u64, Ordering::Relaxed);
-        self.degraded.store(true, Ordering::Relaxed);
         let last = self.warned_at.load(Ordering::Relaxed);
         let due = last == 0 || now + 1 >= last + WARN_EVERY.as_millis() as u64;
         if due
@@ -162,9 +159,44 @@ impl Remote {
         }
     }
 
-    fn succeeded(&self) {
-        if self.degraded.swap(false, Ordering::Relaxed) {
-            log::info!("shared state: Redis answers again");
+    fn failed(&self, op: &'static str, why: &str) {
+        self.count_error(op);
+        self.warn(op, why);
+        if !self.degraded.swap(true, Ordering::Relaxed) {
+            if let Some(me) = self.me.upgrade() {
+                self.spawn(me.probe());
+            }
+        }
+    }
+
+    /// Pings Redis every [`REST`] until it answers, then lets commands through again.
+    async fn probe(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(REST).await;
+            let mut con = self.manager.clone();
+            let ping = redis::cmd("PING");
+            match tokio::time::timeout(self.timeout, ping.query_async::<String>(&mut con)).await {
+                Ok(Ok(_)) => {
+                    self.degraded.store(false, Ordering::Relaxed);
+                    log::info!("shared state: Redis answers again");
+                    return;
+                }
+                Ok(Err(e)) => {
+                    self.count_error("ping");
+                    self.warn(
+                        "ping",
+                        if e.is_timeout() {
+                            "timed out"
+                        } else {
+                            e.category()
+                        },
+                    );
+                }
+                Err(_) => {
+                    self.count_error("ping");
+                    self.warn("ping", "timed out");
+                }
+            }
         }
     }
 
@@ -174,10 +206,7 @@ impl Remote {
         r: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
     ) -> Option<T> {
         match r {
-            Ok(Ok(v)) => {
-                self.succeeded();
-                Some(v)
-            }
+            Ok(Ok(v)) => Some(v),
             Ok(Err(e)) => {
                 let why = if e.is_timeout() {
                     "timed out"
