@@ -7,6 +7,7 @@ pub mod client;
 pub mod contract;
 pub mod dify;
 pub mod openai_ops;
+pub mod redis;
 
 #[allow(unused_imports)]
 pub use client::{chat, http, Answer, Chat};
