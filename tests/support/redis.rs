@@ -301,6 +301,8 @@ async fn accept_loop(
 ) {
     loop {
         let Ok((client, _)) = listener.accept().await else {
+            // Out of descriptors or the like: do not spin.
+            tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
         knobs.connections.fetch_add(1, Ordering::SeqCst);
