@@ -19,7 +19,7 @@ fn read(rel: &str) -> String {
 }
 
 /// The metric families of DESIGN §1.8.
-const FAMILIES: [&str; 16] = [
+const FAMILIES: [&str; 17] = [
     "ai_gateway_requests_total",
     "ai_gateway_request_duration_seconds",
     "ai_gateway_time_to_first_token_seconds",
@@ -36,6 +36,8 @@ const FAMILIES: [&str; 16] = [
     "ai_gateway_spend_usd_total",
     "ai_gateway_config_reloads_total",
     "ai_gateway_config_generation",
+    // Issue 15: failed commands to the shared-state Redis, by operation.
+    "ai_gateway_state_errors_total",
 ];
 
 /// Every `ai_gateway_*` name in a PromQL text.
@@ -382,6 +384,7 @@ fn alerts_and_dashboard_use_only_real_metrics_and_cover_the_essentials() {
         "AiGatewayBreakerOpen",
         "AiGatewayHighErrorRatio",
         "AiGatewayConfigReloadFailed",
+        "AiGatewaySharedStateDegraded",
     ] {
         assert!(alert_names.iter().any(|a| a == want), "{want} missing");
     }
