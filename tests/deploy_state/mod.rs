@@ -24,18 +24,19 @@ fn redis_endpoint(url: &str) -> (String, u64, Option<String>) {
     (host.to_owned(), port.parse().unwrap(), password)
 }
 
-/// Bytes of a Kubernetes quantity (`384Mi`) or a Redis size (`200mb`).
+/// Bytes of a Kubernetes quantity (`384Mi`, `400M`) or a Redis size (`200mb` is 200 × 2^20 and
+/// `200m` 200 × 10^6, as redis.conf reads them).
 fn bytes_of(size: &str) -> u64 {
     let size = size.to_ascii_lowercase();
     let digits = size.trim_end_matches(|c: char| c.is_ascii_alphabetic());
     let unit = match &size[digits.len()..] {
         "" | "b" => 1,
-        "k" | "kb" => 1_000,
-        "ki" => 1 << 10,
-        "m" | "mb" => 1_000_000,
-        "mi" => 1 << 20,
-        "g" | "gb" => 1_000_000_000,
-        "gi" => 1 << 30,
+        "k" => 1_000,
+        "ki" | "kb" => 1 << 10,
+        "m" => 1_000_000,
+        "mi" | "mb" => 1 << 20,
+        "g" => 1_000_000_000,
+        "gi" | "gb" => 1 << 30,
         other => panic!("unknown size unit {other}"),
     };
     digits.parse::<u64>().unwrap() * unit
