@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Runs every test: unit, integration (real gateway + mock upstreams) and the official openai
 # and anthropic Python SDKs and LangChain against the gateway. Creates .venv with `openai`,
-# `anthropic`, `langchain-openai` and `prometheus_client` on first use.
+# `anthropic`, `langchain-openai` and `prometheus_client` on first use, and installs redis-server
+# when it is missing (the Redis tests start their own on free loopback ports).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup-common.sh
 ensure_build_tools
+ensure_redis_server
 
 venv=.venv
 if ! "$venv/bin/python" -c "import openai, anthropic, prometheus_client, langchain_openai" >/dev/null 2>&1; then

@@ -2,10 +2,13 @@
 //! for what would break a deploy: the Dockerfile's stages and runtime hygiene, the Kubernetes
 //! manifest's wiring (probes, scrape annotations, Secret keys, config mount, env vars the config
 //! actually reads, a config that loads), and dashboards and alerts that only name real metrics.
+//! The compose example and the Redis the replicas share are checked in `deploy_state`.
 
 use serde_yaml::Value as Yaml;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+
+mod deploy_state;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -16,7 +19,7 @@ fn read(rel: &str) -> String {
 }
 
 /// The metric families of DESIGN §1.8.
-const FAMILIES: [&str; 16] = [
+const FAMILIES: [&str; 17] = [
     "ai_gateway_requests_total",
     "ai_gateway_request_duration_seconds",
     "ai_gateway_time_to_first_token_seconds",
@@ -33,6 +36,8 @@ const FAMILIES: [&str; 16] = [
     "ai_gateway_spend_usd_total",
     "ai_gateway_config_reloads_total",
     "ai_gateway_config_generation",
+    // Issue 15: failed commands to the shared-state Redis, by operation.
+    "ai_gateway_state_errors_total",
 ];
 
 /// Every `ai_gateway_*` name in a PromQL text.
@@ -160,16 +165,14 @@ fn kubernetes_sidecar_manifest_is_wired_and_its_config_loads() {
             .find(|d| str_of(&d["kind"]) == kind)
             .unwrap_or_else(|| panic!("no {kind}"))
     };
-    let (cm, secret, deploy) = (of("ConfigMap"), of("Secret"), of("Deployment"));
+    let (cm, secret) = (of("ConfigMap"), of("Secret"));
+    let deploy = all
+        .iter()
+        .find(|d| str_of(&d["kind"]) == "Deployment" && container(d, "ai-gateway").is_some())
+        .expect("a Deployment with the ai-gateway sidecar");
     let pod = &deploy["spec"]["template"];
     let spec = &pod["spec"];
-    let gateway = spec["initContainers"]
-        .as_sequence()
-        .into_iter()
-        .flatten()
-        .chain(spec["containers"].as_sequence().into_iter().flatten())
-        .find(|c| str_of(&c["name"]) == "ai-gateway")
-        .expect("an ai-gateway container");
+    let gateway = container(deploy, "ai-gateway").unwrap();
     assert!(
         spec["containers"]
             .as_sequence()
@@ -265,10 +268,14 @@ fn kubernetes_sidecar_manifest_is_wired_and_its_config_loads() {
                 .collect()
         })
         .collect();
+    let values = kube_env(env);
     for e in env {
         let name = str_of(&e["name"]);
+        let passed_on = env
+            .iter()
+            .any(|o| str_of(&o["value"]).contains(&format!("$({name})")));
         assert!(
-            used.contains(name),
+            used.contains(name) || passed_on,
             "{name} is set but {file} never reads it"
         );
     }
@@ -279,12 +286,9 @@ fn kubernetes_sidecar_manifest_is_wired_and_its_config_loads() {
     // The values the manifest sets replace `${NAME}` / `${NAME:-default}` as the gateway would.
     let mut text = yaml.to_owned();
     for e in env {
-        if let Some(v) = e["value"].as_str() {
-            let open = format!("${{{}", str_of(&e["name"]));
-            while let Some(i) = text.find(&open) {
-                let end = i + text[i..].find('}').unwrap();
-                text.replace_range(i..=end, v);
-            }
+        if e["value"].is_string() {
+            let name = str_of(&e["name"]);
+            substitute(&mut text, name, &values[name]);
         }
     }
     let cfg = ai_gateway::config::Config::from_str_at(&text, &dir.path().join(file))
@@ -306,6 +310,60 @@ fn kubernetes_sidecar_manifest_is_wired_and_its_config_loads() {
         grace > cfg.grace_period.as_secs(),
         "the kubelet would kill the gateway mid-drain"
     );
+
+    // The sidecars share their state through the Redis the manifest runs.
+    let state = &docs(yaml)[0]["state"];
+    assert_eq!(str_of(&state["backend"]), "redis");
+    assert!(str_of(&state["url"]).starts_with("${REDIS_URL"));
+    deploy_state::kubernetes_redis_is_wired(&all, secret, &values);
+}
+
+/// The container (or init container) named `name` of a Deployment's pod.
+fn container<'a>(deploy: &'a Yaml, name: &str) -> Option<&'a Yaml> {
+    let spec = &deploy["spec"]["template"]["spec"];
+    spec["initContainers"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .chain(spec["containers"].as_sequence().into_iter().flatten())
+        .find(|c| str_of(&c["name"]) == name)
+}
+
+/// Each variable's value as the container sees it: `$(NAME)` expanded from the variables before
+/// it, as the kubelet does; a Secret's value is a placeholder naming its key.
+fn kube_env(env: &[Yaml]) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::<String, String>::new();
+    for e in env {
+        let value = match e["valueFrom"]["secretKeyRef"]["key"].as_str() {
+            Some(key) => format!("secret-{key}"),
+            None => {
+                let mut v = str_of(&e["value"]).to_owned();
+                for (name, earlier) in &out {
+                    v = v.replace(&format!("$({name})"), earlier);
+                }
+                v
+            }
+        };
+        out.insert(str_of(&e["name"]).to_owned(), value);
+    }
+    out
+}
+
+/// Replaces `${NAME}` / `${NAME:-default}` with `value`, as the gateway expands its config.
+fn substitute(text: &mut String, name: &str, value: &str) {
+    let open = format!("${{{name}");
+    let mut from = 0;
+    while let Some(i) = text[from..].find(&open).map(|i| i + from) {
+        let rest = &text[i + open.len()..];
+        // `${NAME}` or `${NAME:-…}`, not `${NAMEX}`.
+        if !(rest.starts_with('}') || rest.starts_with(":-")) {
+            from = i + open.len();
+            continue;
+        }
+        let end = i + text[i..].find('}').unwrap();
+        text.replace_range(i..=end, value);
+        from = i + value.len();
+    }
 }
 
 #[test]
@@ -326,6 +384,7 @@ fn alerts_and_dashboard_use_only_real_metrics_and_cover_the_essentials() {
         "AiGatewayBreakerOpen",
         "AiGatewayHighErrorRatio",
         "AiGatewayConfigReloadFailed",
+        "AiGatewaySharedStateDegraded",
     ] {
         assert!(alert_names.iter().any(|a| a == want), "{want} missing");
     }
@@ -375,6 +434,8 @@ fn readme_and_operations_guide_document_docker_and_kubectl() {
     let readme = read("README.md");
     assert!(readme.contains("docker build -f deploy/Dockerfile"));
     assert!(readme.contains("kubectl apply -f deploy/kubernetes/sidecar.yaml"));
+    let deploy = read("deploy/README.md");
+    assert!(deploy.contains("docker compose -f deploy/docker-compose.yaml up"));
     let ops = read("docs/operations.md");
     for topic in [
         "docker build",

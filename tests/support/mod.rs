@@ -8,6 +8,7 @@ pub mod contract;
 pub mod dify;
 pub mod openai_ops;
 pub mod process;
+pub mod redis;
 
 #[allow(unused_imports)]
 pub use client::{chat, http, Answer, Chat};
