@@ -42,8 +42,16 @@ async fn ask(p: &Proc, key: &str, text: &str) -> (Answer, Duration) {
 }
 
 async fn ready(p: &Proc) -> Value {
-    let r = http().get(format!("{}/ready", p.admin)).send().await.unwrap();
-    assert_eq!(r.status(), 200, "a Redis fault does not take the replica out of service");
+    let r = http()
+        .get(format!("{}/ready", p.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "a Redis fault does not take the replica out of service"
+    );
     r.json().await.unwrap()
 }
 
@@ -133,7 +141,10 @@ async fn redis_killed_mid_traffic_no_request_hangs_or_fails_and_one_warning_is_l
         for key in ["k-app", "k-free"] {
             let (a, took) = send(key).await;
             assert_eq!(a.status, 200, "{}", a.text);
-            assert!(took < NO_HANG, "a request took {took:?} while Redis was down");
+            assert!(
+                took < NO_HANG,
+                "a request took {took:?} while Redis was down"
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -150,8 +161,15 @@ async fn redis_killed_mid_traffic_no_request_hangs_or_fails_and_one_warning_is_l
     assert_eq!(wait_state(&gw, "ok").await["state"], "ok");
     let (a, _) = send("k-app").await;
     assert_eq!(a.status, 200);
-    assert_eq!(redis.keys("aigw:{app}:req").len(), 1, "counting is back in Redis");
-    assert!(log.contains("Redis") && !log.contains("redis://"), "the URL is never logged");
+    assert_eq!(
+        redis.keys("aigw:{app}:req").len(),
+        1,
+        "counting is back in Redis"
+    );
+    assert!(
+        log.contains("Redis") && !log.contains("redis://"),
+        "the URL is never logged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -164,13 +182,23 @@ async fn on_error_closed_refuses_limited_clients_and_serves_the_others() {
     assert!(took < NO_HANG);
     assert_eq!(a.status, 503, "{}", a.text);
     assert_eq!(a.error_code(), "upstream_unavailable");
-    assert!(a.json()["error"]["message"].as_str().unwrap().contains("limit"), "{}", a.text);
+    assert!(
+        a.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limit"),
+        "{}",
+        a.text
+    );
     assert_eq!(a.header("retry-after"), Some("1"));
     let (a, _) = ask(&gw, "k-free", "unlimited").await;
     assert_eq!(a.status, 200, "{}", a.text);
     assert_eq!(mock.count(), 1);
     let m = metrics(&gw).await;
-    assert!(m.contains("ai_gateway_rate_limited_total{client=\"app\",limit=\"state\"} 1"), "{m}");
+    assert!(
+        m.contains("ai_gateway_rate_limited_total{client=\"app\",limit=\"state\"} 1"),
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -248,7 +276,10 @@ scenarios:
     assert_eq!(r.status, 200, "{}", r.text);
     let calls = dify.calls();
     assert_eq!(calls.len(), 2);
-    assert_eq!(calls[1].body["conversation_id"], "", "a new conversation, not an error");
+    assert_eq!(
+        calls[1].body["conversation_id"], "",
+        "a new conversation, not an error"
+    );
     let m = metrics(&gw).await;
     assert!(errors_of(&m, "conversation_get") >= 1, "{m}");
 }
@@ -262,7 +293,11 @@ async fn the_redis_password_appears_in_no_log_metric_or_admin_answer() {
     let gw = spawn(&config(&url, &mock.url(), "local", 5), &[]);
     let (a, _) = ask(&gw, "k-app", "auth").await;
     assert_eq!(a.status, 200);
-    assert_eq!(ready(&gw).await["state"], "ok", "the password authenticates");
+    assert_eq!(
+        ready(&gw).await["state"],
+        "ok",
+        "the password authenticates"
+    );
     // A wrong password: degraded, and still nothing printed.
     let bad = format!("redis://:wr0ng-pa55-y@127.0.0.1:{}/0", redis.port());
     let gw2 = spawn(&config(&bad, &mock.url(), "local", 5), &[]);

@@ -21,13 +21,13 @@ state: {{ backend: redis, url: "{redis}", timeout: 2s }}
 clients:
 {clients}
 providers:
-  up: {{ type: openai, base_url: "{upstream}", api_key: sk-up }}
+  up: {{ type: openai, base_url: "{upstream}", api_key: sk-up, timeouts: {{ first_token: 5s }} }}
 scenarios:
   s:
     targets: [{{ provider: up, model: m, cost: {{ input: 1000, output: 2000 }} }}]
   cached:
     cache: {{ ttl: 60s }}
-    targets: [{{ provider: up, model: m, timeouts: {{ first_token: 5s }} }}]
+    targets: [{{ provider: up, model: m }}]
 "#
     )
 }
@@ -58,7 +58,9 @@ async fn an_rpm_limit_of_ten_admits_exactly_ten_of_thirty_requests_over_three_re
     let gws = replicas(3, &yaml);
     let mut statuses = Vec::new();
     for i in 0..30 {
-        let r = ask(&gws[i % 3], "k-app", "s", &format!("q{i}")).send().await;
+        let r = ask(&gws[i % 3], "k-app", "s", &format!("q{i}"))
+            .send()
+            .await;
         if r.status == 429 {
             assert_eq!(r.error_code(), "rate_limited", "{}", r.text);
             assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
@@ -68,7 +70,11 @@ async fn an_rpm_limit_of_ten_admits_exactly_ten_of_thirty_requests_over_three_re
     let ok = statuses.iter().filter(|s| **s == 200).count();
     assert_eq!(ok, 10, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 20);
-    assert_eq!(mock.count(), 10, "refused requests never reach the upstream");
+    assert_eq!(
+        mock.count(),
+        10,
+        "refused requests never reach the upstream"
+    );
     // Every replica reports the same shared window.
     for g in &gws {
         let v = admin_clients(g).await;
@@ -154,11 +160,22 @@ async fn a_budget_spent_on_one_replica_is_spent_on_all() {
 async fn an_answer_cached_by_one_replica_is_a_hit_on_another() {
     let redis = RedisServer::start();
     let mock = MockOpenAi::start().await;
-    let gws = replicas(2, &config(&redis.url(), &mock.url(), "  - { name: app, api_key: k-app }"));
-    let first = ask(&gws[0], "k-app", "cached", "the same question").send().await;
+    let gws = replicas(
+        2,
+        &config(
+            &redis.url(),
+            &mock.url(),
+            "  - { name: app, api_key: k-app }",
+        ),
+    );
+    let first = ask(&gws[0], "k-app", "cached", "the same question")
+        .send()
+        .await;
     assert_eq!(first.status, 200);
     assert_eq!(first.header("x-gateway-cache"), Some("miss"));
-    let second = ask(&gws[1], "k-app", "cached", "the same question").send().await;
+    let second = ask(&gws[1], "k-app", "cached", "the same question")
+        .send()
+        .await;
     assert_eq!(second.status, 200);
     assert_eq!(second.header("x-gateway-cache"), Some("hit"));
     assert_eq!(
@@ -185,7 +202,14 @@ async fn twenty_identical_concurrent_requests_over_two_replicas_make_one_upstrea
     let redis = RedisServer::start();
     let mock = MockOpenAi::start().await;
     mock.set(|k| k.latency = Duration::from_millis(400));
-    let gws = replicas(2, &config(&redis.url(), &mock.url(), "  - { name: app, api_key: k-app }"));
+    let gws = replicas(
+        2,
+        &config(
+            &redis.url(),
+            &mock.url(),
+            "  - { name: app, api_key: k-app }",
+        ),
+    );
     let client = reqwest::Client::new();
     let answers = join_all((0..20).map(|i| {
         ask(&gws[i % 2], "k-app", "cached", "everyone asks this")
@@ -217,7 +241,14 @@ async fn when_the_leading_replica_fails_a_waiting_replica_takes_over() {
         k.latency = Duration::from_millis(300);
         k.status = 400;
     });
-    let gws = replicas(2, &config(&redis.url(), &mock.url(), "  - { name: app, api_key: k-app }"));
+    let gws = replicas(
+        2,
+        &config(
+            &redis.url(),
+            &mock.url(),
+            "  - { name: app, api_key: k-app }",
+        ),
+    );
     let leader = ask(&gws[0], "k-app", "cached", "take over").send();
     let follower = async {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -262,18 +293,33 @@ scenarios:
             .send()
             .await;
         assert_eq!(r.status, 200, "turn {i}: {}", r.text);
-        history.push(json!({"role": "assistant", "content": r.json()["choices"][0]["message"]["content"]}));
+        history.push(
+            json!({"role": "assistant", "content": r.json()["choices"][0]["message"]["content"]}),
+        );
     }
     let calls = dify.calls();
     assert_eq!(calls.len(), 3);
     assert_eq!(calls[0].body["conversation_id"], "");
-    let conv = calls[1].body["conversation_id"].as_str().unwrap().to_owned();
-    assert_eq!(conv.len(), 36, "turn 2 on replica B continues turn 1's conversation");
+    let conv = calls[1].body["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        conv.len(),
+        36,
+        "turn 2 on replica B continues turn 1's conversation"
+    );
     assert_eq!(calls[2].body["conversation_id"], conv.as_str());
-    assert_eq!(calls[1].body["query"], "第二句", "only the new turn is sent");
+    assert_eq!(
+        calls[1].body["query"], "第二句",
+        "only the new turn is sent"
+    );
     // The end user's id is not readable in Redis's key names.
     let keys = redis.cmd(&["KEYS", "*"]);
-    assert!(!keys.contains("patient-42") && !keys.contains("visit-7"), "{keys}");
+    assert!(
+        !keys.contains("patient-42") && !keys.contains("visit-7"),
+        "{keys}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -281,7 +327,11 @@ async fn clients_without_limits_never_touch_redis() {
     let redis = RedisServer::start();
     let mock = MockOpenAi::start().await;
     let gw = spawn(
-        &config(&redis.url(), &mock.url(), "  - { name: free, api_key: k-free }"),
+        &config(
+            &redis.url(),
+            &mock.url(),
+            "  - { name: free, api_key: k-free }",
+        ),
         &[],
     );
     for i in 0..5 {

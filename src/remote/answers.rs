@@ -114,8 +114,10 @@ impl RedisAnswers {
         }
     }
 
+    /// `c:{<hex>}`: the hash tag puts an answer and its single-flight lock in one Redis
+    /// Cluster slot, as the claim script touching both requires.
     pub(super) fn answer_key(&self, key: &Key) -> String {
-        self.remote.key(&format!("c:{}", hex(key)))
+        self.remote.key(&format!("c:{{{}}}", hex(key)))
     }
 
     /// Keeps an entry found in Redis in the L1 for the TTL it has left.

@@ -96,4 +96,3 @@ impl Drop for Proc {
         let _ = self.child.wait();
     }
 }
-
