@@ -18,7 +18,7 @@ ROUNDS=${1:-3}
 SECS=${2:-5}
 CONC=${BENCH_CONCURRENCY:-32}
 MOCK_PORT=18081 GW_PORT=18080 GW_ADMIN=19090 NGINX_PORT=18082 LOGGED_PORT=18083 LOGGED_ADMIN=19091
-FLOOR_PORT=18084 BASE_PORT=18085 BASE_ADMIN=19092
+FLOOR_PORT=18084 BASE_PORT=18085 BASE_ADMIN=19092 REDIS_PORT=18086 SHARED_PORT=18087 SHARED_ADMIN=19093
 OUT=bench/results
 mkdir -p "$OUT/conf"
 LOG="$OUT/run-$(date +%Y%m%d-%H%M%S).txt"
@@ -77,6 +77,18 @@ RUST_LOG=error,access=info target/release/ai-gateway -c "$OUT/conf/gateway-logge
 paths=("direct http://127.0.0.1:$MOCK_PORT/v1/chat/completions" "gateway http://127.0.0.1:$GW_PORT/v1/chat/completions"
        "logged http://127.0.0.1:$LOGGED_PORT/v1/chat/completions")
 ports="$MOCK_PORT $GW_PORT $LOGGED_PORT $FLOOR_PORT"
+# The same gateway with its state in a loopback Redis (state.backend: redis). Its in-process L1
+# is too small to hold an answer (cache.max_bytes: 1), so every cache hit is read from Redis.
+SHARED=""
+if command -v redis-server >/dev/null 2>&1; then
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >/dev/null 2>&1 & pids+=($!)
+  sed -e "s/$GW_PORT/$SHARED_PORT/; s/$GW_ADMIN/$SHARED_ADMIN/" "$OUT/conf/gateway.yaml" > "$OUT/conf/gateway-redis.yaml"
+  printf 'state: { backend: redis, url: "redis://127.0.0.1:%s/0" }\ncache: { max_bytes: 1 }\n' "$REDIS_PORT" \
+    >> "$OUT/conf/gateway-redis.yaml"
+  RUST_LOG=error target/release/ai-gateway -c "$OUT/conf/gateway-redis.yaml" >/dev/null 2>&1 & pids+=($!)
+  ports="$ports $REDIS_PORT $SHARED_PORT"
+  SHARED=1
+fi
 if [ -n "${BASELINE_BIN:-}" ]; then
   grep -v '# builtin' "$OUT/conf/gateway.yaml" \
     | sed -e "s/$GW_PORT/$BASE_PORT/; s/$GW_ADMIN/$BASE_ADMIN/" > "$OUT/conf/gateway-before.yaml"
@@ -153,6 +165,17 @@ measure() { # name url conns
       measure limited "http://127.0.0.1:$GW_PORT/v1/chat/completions" 1
     BENCH_KEY=bench-limited BENCH_BODY='{"model":"bench-priced","messages":[{"role":"user","content":"Say hello"}]}' \
       measure limited "http://127.0.0.1:$GW_PORT/v1/chat/completions" "$CONC"
+    if [ -n "$SHARED" ]; then
+      # The limited client again, its admission and settlement decided in Redis: next to
+      # `limited` (memory) in ABBA order, since position alone moves a figure.
+      for conns in 1 "$CONC"; do
+        for name in rlimited limited limited rlimited; do
+          port=$GW_PORT; [ "$name" = rlimited ] && port=$SHARED_PORT
+          BENCH_KEY=bench-limited BENCH_BODY='{"model":"bench-priced","messages":[{"role":"user","content":"Say hello"}]}' \
+            measure "$name" "http://127.0.0.1:$port/v1/chat/completions" "$conns"
+        done
+      done
+    fi
     # Cache hits (the same request every time; only the very first one reaches the mock), each
     # right next to what a hit is compared with: the direct round trip to the mock, and the
     # pingora floor.
@@ -161,6 +184,9 @@ measure() { # name url conns
       measure floor "http://127.0.0.1:$FLOOR_PORT/v1/chat/completions" "$conns"
       BENCH_BODY='{"model":"bench-cached","messages":[{"role":"user","content":"Say hello"}]}' \
         measure cached "http://127.0.0.1:$GW_PORT/v1/chat/completions" "$conns"
+      # Hits read from Redis (the L1 holds nothing) right after hits from the L1.
+      [ -n "$SHARED" ] && BENCH_BODY='{"model":"bench-cached","messages":[{"role":"user","content":"Say hello"}]}' \
+        measure rcached "http://127.0.0.1:$SHARED_PORT/v1/chat/completions" "$conns"
     done
     if [ -n "${BASELINE_BIN:-}" ]; then
       # This build and the baseline in ABBA order: in the rows above each always follows the

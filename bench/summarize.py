@@ -16,7 +16,7 @@ for line in open(log):
 def med(key, i):
     return statistics.median(r[i] for r in rows[key])
 
-order = ["direct", "floor", "gateway", "before", "logged", "nginx", "dify", "claude", "messages", "responses", "builtin", "cached", "unlimited", "limited", "abnew", "abold"]
+order = ["direct", "floor", "gateway", "before", "logged", "nginx", "dify", "claude", "messages", "responses", "builtin", "cached", "rcached", "unlimited", "limited", "rlimited", "abnew", "abold"]
 names = sorted({k[0] for k in rows}, key=lambda n: order.index(n) if n in order else 9)
 print(f"\n{'path':8} {'c=1 p50':>9} {'c=1 p99':>9} {'added p50':>10} {'added p99':>10} {'c=' + conc + ' rps':>10} {'rps ratio':>9} {'errors':>6}")
 for n in names:
@@ -58,6 +58,21 @@ if ("limited", 1) in rows:
     print(f"client limits (rpm+tpm+budget) at c=1: p50 {med(('limited', 1), 0)}us p99 {med(('limited', 1), 1)}us "
           f"vs the same requests without limits p50 {med(('unlimited', 1), 0)}us p99 {med(('unlimited', 1), 1)}us; "
           f"max RPS {med(('limited', int(conc)), 2):.0f} vs {med(('unlimited', int(conc)), 2):.0f}")
+
+if ("rlimited", 1) in rows:
+    c = int(conc)
+    add50 = med(("rlimited", 1), 0) - med(("limited", 1), 0)
+    add99 = med(("rlimited", 1), 1) - med(("limited", 1), 1)
+    ratio = med(("rlimited", c), 2) / med(("limited", c), 2)
+    print(f"limited client, state in Redis vs in memory: c=1 p50 {med(('rlimited', 1), 0)}us vs {med(('limited', 1), 0)}us "
+          f"(added {add50}us), p99 {med(('rlimited', 1), 1)}us vs {med(('limited', 1), 1)}us (added {add99}us); "
+          f"max RPS {med(('rlimited', c), 2):.0f} vs {med(('limited', c), 2):.0f} (ratio {ratio:.2f})")
+
+if ("rcached", 1) in rows:
+    c = int(conc)
+    print(f"cache hit from Redis (L1 miss) vs from the L1: c=1 p50 {med(('rcached', 1), 0)}us vs {med(('cached', 1), 0)}us, "
+          f"p99 {med(('rcached', 1), 1)}us vs {med(('cached', 1), 1)}us; max RPS {med(('rcached', c), 2):.0f} vs "
+          f"{med(('cached', c), 2):.0f}")
 
 if ("before", 1) in rows:
     print(f"this build vs BASELINE_BIN (same config, interleaved): c=1 p50 {med(('gateway', 1), 0)}us vs "

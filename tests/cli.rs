@@ -114,6 +114,55 @@ default_scenario: c
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
 }
 
+#[test]
+fn check_validates_the_redis_url_without_printing_its_password_or_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, url: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "state: {{ backend: redis, url: \"{url}\" }}\nproviders:\n  m: {{ type: mock }}\nscenarios:\n  s: {{ targets: [{{ provider: m }}] }}\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    // Nothing listens on port 1: `--check` does not connect, so a Redis that is down is fine.
+    let good = write("good.yaml", "redis://:s3cr3t-pw@127.0.0.1:1/0");
+    let out = gateway_cmd()
+        .args(["--check", "-c"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (name, url) in [
+        ("scheme.yaml", "http://:s3cr3t-pw@127.0.0.1:6379/0"),
+        ("port.yaml", "redis://:s3cr3t-pw@127.0.0.1:port/0"),
+    ] {
+        let out = gateway_cmd()
+            .args(["--check", "-c"])
+            .arg(write(name, url))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{name} passed");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("state.url: error"), "{name}: {text}");
+        assert!(
+            !text.contains("s3cr3t-pw"),
+            "{name} printed the password: {text}"
+        );
+    }
+}
+
 fn get(url: &str) -> (u16, String) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -42,8 +42,21 @@ fn ask(p: &Proc, key: &str, model: &str, text: &str) -> Chat {
         .body(json!({"model": model, "messages": [{"role": "user", "content": text}]}))
 }
 
+/// `/admin/clients` once every request has been settled (settlement follows the response, and
+/// reaches Redis within tens of milliseconds).
 async fn admin_clients(p: &Proc) -> Value {
-    get_json(format!("{}/admin/clients", p.admin), "adm").await
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let v: Value = get_json(format!("{}/admin/clients", p.admin), "adm").await;
+        let busy = v["clients"].as_array().unwrap().iter().any(|c| {
+            c["inflight"].as_u64() != Some(0)
+                || c["budget"]["reserved"].as_f64().is_some_and(|r| r > 0.0)
+        });
+        if !busy || std::time::Instant::now() > until {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -344,5 +357,84 @@ async fn clients_without_limits_never_touch_redis() {
             !stats.contains(&format!("cmdstat_{command}:")),
             "{command} reached Redis: {stats}"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stored_response_is_continued_and_read_on_another_replica() {
+    let redis = RedisServer::start();
+    let mock = MockOpenAi::start().await;
+    let gws = replicas(
+        2,
+        &config(
+            &redis.url(),
+            &mock.url(),
+            "  - { name: app, api_key: k-app }",
+        ),
+    );
+    let one = Chat::at_path(&gws[0].api, "/v1/responses")
+        .key("k-app")
+        .body(json!({"model": "s", "input": "My name is Ada."}))
+        .send()
+        .await;
+    assert_eq!(one.status, 200, "{}", one.text);
+    let id = one.json()["id"].as_str().unwrap().to_owned();
+    let two = Chat::at_path(&gws[1].api, "/v1/responses")
+        .key("k-app")
+        .body(json!({"model": "s", "input": "What is my name?", "previous_response_id": id}))
+        .send()
+        .await;
+    assert_eq!(two.status, 200, "{}", two.text);
+    assert_eq!(
+        mock.last().json()["messages"],
+        json!([
+            {"role": "user", "content": "My name is Ada."},
+            {"role": "assistant", "content": "Hello from the mock upstream, one two three."},
+            {"role": "user", "content": "What is my name?"},
+        ]),
+        "replica B replayed the chain replica A stored"
+    );
+    let got: Value = get_json(format!("{}/v1/responses/{id}", gws[1].api), "k-app").await;
+    assert_eq!(got["id"], id.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_concurrency_limit_holds_across_replicas_and_frees_its_slots() {
+    let redis = RedisServer::start();
+    let mock = MockOpenAi::start().await;
+    mock.set(|k| k.latency = Duration::from_millis(600));
+    let gws = replicas(
+        2,
+        &config(
+            &redis.url(),
+            &mock.url(),
+            "  - { name: app, api_key: k-app, max_concurrency: 2 }",
+        ),
+    );
+    let client = reqwest::Client::new();
+    let answers = join_all((0..6).map(|i| {
+        ask(&gws[i % 2], "k-app", "s", &format!("slot{i}"))
+            .client(&client)
+            .send()
+    }))
+    .await;
+    let ok = answers.iter().filter(|a| a.status == 200).count();
+    assert_eq!(ok, 2, "two slots for the whole fleet");
+    for a in answers.iter().filter(|a| a.status != 200) {
+        assert_eq!(a.status, 429);
+        assert!(
+            a.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("in flight"),
+            "{}",
+            a.text
+        );
+    }
+    // Settled slots are free again, on either replica.
+    assert_eq!(admin_clients(&gws[0]).await["clients"][0]["inflight"], 0);
+    mock.set(|k| k.latency = Duration::ZERO);
+    for g in &gws {
+        assert_eq!(ask(g, "k-app", "s", "after").send().await.status, 200);
     }
 }
