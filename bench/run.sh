@@ -66,6 +66,8 @@ scenarios:
     targets: [{ provider: builtin, model: bench-model }] # builtin
   bench-claude: # builtin
     targets: [{ provider: claude, model: bench-model }] # builtin
+  bench-embed: # builtin
+    targets: [{ provider: mock, model: bench-embed }] # builtin
 YAML
 RUST_LOG=error target/release/ai-gateway -c "$OUT/conf/gateway.yaml" >/dev/null 2>&1 & pids+=($!)
 # The same gateway with its JSON access log on, written to a file: the log's cost per request.
@@ -78,12 +80,12 @@ paths=("direct http://127.0.0.1:$MOCK_PORT/v1/chat/completions" "gateway http://
        "logged http://127.0.0.1:$LOGGED_PORT/v1/chat/completions")
 ports="$MOCK_PORT $GW_PORT $LOGGED_PORT $FLOOR_PORT"
 # The same gateway with its state in a loopback Redis (state.backend: redis). Its in-process L1
-# is too small to hold an answer (cache.max_bytes: 1), so every cache hit is read from Redis.
+# is off (cache.max_entries: 0), so every cache hit is read from Redis.
 SHARED=""
 if command -v redis-server >/dev/null 2>&1; then
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >/dev/null 2>&1 & pids+=($!)
   sed -e "s/$GW_PORT/$SHARED_PORT/; s/$GW_ADMIN/$SHARED_ADMIN/" "$OUT/conf/gateway.yaml" > "$OUT/conf/gateway-redis.yaml"
-  printf 'state: { backend: redis, url: "redis://127.0.0.1:%s/0" }\ncache: { max_bytes: 1 }\n' "$REDIS_PORT" \
+  printf 'state: { backend: redis, url: "redis://127.0.0.1:%s/0" }\ncache: { max_entries: 0 }\n' "$REDIS_PORT" \
     >> "$OUT/conf/gateway-redis.yaml"
   RUST_LOG=error target/release/ai-gateway -c "$OUT/conf/gateway-redis.yaml" >/dev/null 2>&1 & pids+=($!)
   ports="$ports $REDIS_PORT $SHARED_PORT"
@@ -188,6 +190,16 @@ measure() { # name url conns
       [ -n "$SHARED" ] && BENCH_BODY='{"model":"bench-cached","messages":[{"role":"user","content":"Say hello"}]}' \
         measure rcached "http://127.0.0.1:$SHARED_PORT/v1/chat/completions" "$conns"
     done
+    # Embeddings relayed byte for byte (a ~5 KB answer) next to nginx proxying the same call.
+    if command -v nginx >/dev/null 2>&1; then
+      for conns in 1 "$CONC"; do
+        for name in embeddings nginxemb nginxemb embeddings; do
+          port=$GW_PORT; [ "$name" = nginxemb ] && port=$NGINX_PORT
+          BENCH_BODY='{"model":"bench-embed","input":"Say hello"}' \
+            measure "$name" "http://127.0.0.1:$port/v1/embeddings" "$conns"
+        done
+      done
+    fi
     if [ -n "${BASELINE_BIN:-}" ]; then
       # This build and the baseline in ABBA order: in the rows above each always follows the
       # same path, and position alone moves a figure by several percent on this machine.
@@ -200,5 +212,10 @@ measure() { # name url conns
     fi
   done
 } | tee "$LOG"
+
+# Figures for Redis are only figures for Redis if no command fell back (an error or a timeout
+# serves from per-replica memory): the run records the shared-state errors it saw.
+[ -n "$SHARED" ] && { curl -s "http://127.0.0.1:$SHARED_ADMIN/metrics" | grep '^ai_gateway_state_errors_total' \
+  || echo "ai_gateway_state_errors_total: none"; } | sed 's/^/# redis gateway: /' | tee -a "$LOG"
 
 python3 bench/summarize.py "$LOG" "$CONC"

@@ -16,7 +16,7 @@ for line in open(log):
 def med(key, i):
     return statistics.median(r[i] for r in rows[key])
 
-order = ["direct", "floor", "gateway", "before", "logged", "nginx", "dify", "claude", "messages", "responses", "builtin", "cached", "rcached", "unlimited", "limited", "rlimited", "abnew", "abold"]
+order = ["direct", "floor", "gateway", "before", "logged", "nginx", "dify", "claude", "messages", "responses", "builtin", "embeddings", "nginxemb", "cached", "rcached", "unlimited", "limited", "rlimited", "abnew", "abold"]
 names = sorted({k[0] for k in rows}, key=lambda n: order.index(n) if n in order else 9)
 print(f"\n{'path':8} {'c=1 p50':>9} {'c=1 p99':>9} {'added p50':>10} {'added p99':>10} {'c=' + conc + ' rps':>10} {'rps ratio':>9} {'errors':>6}")
 for n in names:
@@ -58,6 +58,12 @@ if ("limited", 1) in rows:
     print(f"client limits (rpm+tpm+budget) at c=1: p50 {med(('limited', 1), 0)}us p99 {med(('limited', 1), 1)}us "
           f"vs the same requests without limits p50 {med(('unlimited', 1), 0)}us p99 {med(('unlimited', 1), 1)}us; "
           f"max RPS {med(('limited', int(conc)), 2):.0f} vs {med(('unlimited', int(conc)), 2):.0f}")
+
+if ("embeddings", 1) in rows:
+    c = int(conc)
+    print(f"embeddings relay vs nginx (same call, same mock): c=1 p50 {med(('embeddings', 1), 0)}us vs {med(('nginxemb', 1), 0)}us; "
+          f"max RPS {med(('embeddings', c), 2):.0f} vs {med(('nginxemb', c), 2):.0f} "
+          f"(ratio {med(('embeddings', c), 2) / med(('nginxemb', c), 2):.2f})")
 
 if ("rlimited", 1) in rows:
     c = int(conc)

@@ -1,7 +1,8 @@
 //! A fast, zero-delay OpenAI upstream for the bench harness (`bench/run.sh`): a fixed
 //! `chat.completion` for non-stream requests and a short SSE stream for `"stream": true`, and a
 //! Dify chat app (`/v1/chat-messages`) streaming one short answer, and Anthropic's Messages API
-//! (`/v1/messages`) with the same answer, streamed for `"stream": true` and whole otherwise.
+//! (`/v1/messages`) with the same answer, streamed for `"stream": true` and whole otherwise, and
+//! `/v1/embeddings`: one 256-dimension float embedding (about 5 KB of JSON, relayed as bytes).
 //!
 //! Usage: `bench_mock <port>`
 
@@ -74,6 +75,27 @@ async fn chat(body: Bytes) -> Response {
         .unwrap_or_default()
 }
 
+/// One embedding's answer, built once: 256 floats as an OpenAI `list` of one `embedding`.
+fn embedding_answer() -> &'static str {
+    static ANSWER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ANSWER.get_or_init(|| {
+        let floats: Vec<String> = (0..256)
+            .map(|i| format!("{:.8}", ((i * 7919) % 1000) as f64 / 1000.0 - 0.5))
+            .collect();
+        format!(
+            r#"{{"object":"list","data":[{{"object":"embedding","index":0,"embedding":[{}]}}],"model":"bench-embed","usage":{{"prompt_tokens":3,"total_tokens":3}}}}"#,
+            floats.join(",")
+        )
+    })
+}
+
+async fn embeddings() -> Response {
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from(embedding_answer()))
+        .unwrap_or_default()
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
     let port: u16 = std::env::args()
@@ -84,7 +106,8 @@ async fn main() {
         .route("/v1/chat/completions", post(chat))
         .route("/chat/completions", post(chat))
         .route("/v1/chat-messages", post(dify))
-        .route("/v1/messages", post(messages));
+        .route("/v1/messages", post(messages))
+        .route("/v1/embeddings", post(embeddings));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("bind the bench mock port");

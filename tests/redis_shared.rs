@@ -438,3 +438,37 @@ async fn a_concurrency_limit_holds_across_replicas_and_frees_its_slots() {
         assert_eq!(ask(g, "k-app", "s", "after").send().await.status, 200);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_bigger_than_max_entry_bytes_is_served_but_not_shared() {
+    let redis = RedisServer::start();
+    let mock = MockOpenAi::start().await;
+    let yaml = config(
+        &redis.url(),
+        &mock.url(),
+        "  - { name: app, api_key: k-app }",
+    )
+    .replace("state:", "cache: { max_entry_bytes: 100 }\nstate:");
+    let gws = replicas(2, &yaml);
+    let first = ask(&gws[0], "k-app", "cached", "a long answer")
+        .send()
+        .await;
+    assert_eq!(first.status, 200);
+    // Kept by the replica that made it...
+    let again = ask(&gws[0], "k-app", "cached", "a long answer")
+        .send()
+        .await;
+    assert_eq!(again.header("x-gateway-cache"), Some("hit"));
+    // ...but not in Redis, so the other replica asks the upstream itself.
+    let answers: Vec<String> = redis
+        .keys("aigw:c:*")
+        .into_iter()
+        .filter(|k| !k.ends_with(":lock"))
+        .collect();
+    assert!(answers.is_empty(), "{answers:?}");
+    let other = ask(&gws[1], "k-app", "cached", "a long answer")
+        .send()
+        .await;
+    assert_eq!(other.header("x-gateway-cache"), Some("miss"));
+    assert_eq!(mock.count(), 2);
+}

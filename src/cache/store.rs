@@ -84,6 +84,8 @@ impl moka::Expiry<Key, Arc<Entry>> for ByTtl {
 pub struct MemoryAnswers {
     map: moka::sync::Cache<Key, Arc<Entry>>,
     bytes: Arc<AtomicU64>,
+    /// `max_entries: 0`: nothing is kept (with Redis: no L1, every hit is read from Redis).
+    off: bool,
 }
 
 impl MemoryAnswers {
@@ -103,7 +105,11 @@ impl MemoryAnswers {
                 counter.fetch_sub(v.bytes() as u64, Ordering::Relaxed);
             })
             .build();
-        MemoryAnswers { map, bytes }
+        MemoryAnswers {
+            map,
+            bytes,
+            off: max_entries == 0,
+        }
     }
 }
 
@@ -112,6 +118,9 @@ impl AnswerStore for MemoryAnswers {
         self.map.get(key)
     }
     async fn put(&self, key: Key, entry: Arc<Entry>) {
+        if self.off {
+            return;
+        }
         self.bytes
             .fetch_add(entry.bytes() as u64, Ordering::Relaxed);
         self.map.insert(key, entry);
