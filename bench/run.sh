@@ -85,7 +85,9 @@ SHARED=""
 if command -v redis-server >/dev/null 2>&1; then
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >/dev/null 2>&1 & pids+=($!)
   sed -e "s/$GW_PORT/$SHARED_PORT/; s/$GW_ADMIN/$SHARED_ADMIN/" "$OUT/conf/gateway.yaml" > "$OUT/conf/gateway-redis.yaml"
-  printf 'state: { backend: redis, url: "redis://127.0.0.1:%s/0" }\ncache: { max_entries: 0 }\n' "$REDIS_PORT" \
+  # A 1 s command timeout: the default 50 ms is exceeded under c=32 on a loaded 2-core VM, and
+  # a timed-out admission is served from local memory, which would flatter the Redis rows.
+  printf 'state: { backend: redis, url: "redis://127.0.0.1:%s/0", timeout: 1s }\ncache: { max_entries: 0 }\n' "$REDIS_PORT" \
     >> "$OUT/conf/gateway-redis.yaml"
   RUST_LOG=error target/release/ai-gateway -c "$OUT/conf/gateway-redis.yaml" >/dev/null 2>&1 & pids+=($!)
   ports="$ports $REDIS_PORT $SHARED_PORT"
