@@ -1,7 +1,8 @@
 //! Conversation state the gateway keeps on behalf of clients: per (target, user, session), the
 //! upstream's conversation id (Dify's `conversation_id` today; Responses API ids and privacy
 //! placeholders later). Behind [`ConversationStore`], so a shared backend can replace the
-//! in-memory one without touching the providers that use it.
+//! in-memory one without touching the providers that use it (the configured backend is
+//! `stores::Conversations`).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -93,41 +94,13 @@ impl ConversationStore for MemoryConversations {
     }
 }
 
-/// The configured backend; a variant per backend keeps calls statically dispatched (no boxed
-/// future per request).
-pub enum Conversations {
-    Memory(MemoryConversations),
-    Redis(crate::remote::conversations::RedisConversations),
-}
-
-impl ConversationStore for Conversations {
-    async fn get(&self, key: &ConversationKey) -> Option<String> {
-        match self {
-            Conversations::Memory(m) => m.get(key).await,
-            Conversations::Redis(r) => r.get(key).await,
-        }
-    }
-    async fn put(&self, key: ConversationKey, id: String, ttl: Duration) {
-        match self {
-            Conversations::Memory(m) => m.put(key, id, ttl).await,
-            Conversations::Redis(r) => r.put(key, id, ttl).await,
-        }
-    }
-    async fn remove(&self, key: &ConversationKey) {
-        match self {
-            Conversations::Memory(m) => m.remove(key).await,
-            Conversations::Redis(r) => r.remove(key).await,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test]
     async fn remembers_and_forgets() {
-        let store = Conversations::Memory(MemoryConversations::default());
+        let store = crate::stores::Conversations::Memory(MemoryConversations::default());
         let key = ConversationKey {
             target: "dify".into(),
             user: "u".into(),

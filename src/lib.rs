@@ -23,6 +23,7 @@ pub mod remote;
 pub mod routing;
 pub mod server;
 pub mod state;
+pub mod stores;
 pub mod upstream;
 
 use async_trait::async_trait;

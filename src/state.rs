@@ -5,13 +5,14 @@
 use crate::cache::{Answers, MemoryAnswers, ResponseCache};
 use crate::config::StateBackend;
 use crate::config::{Config, ConfigError};
-use crate::conversations::{Conversations, MemoryConversations};
+use crate::conversations::MemoryConversations;
 use crate::limits::{LimitStores, Limits, MemoryLimits};
 use crate::metrics::Metrics;
 use crate::remote::answers::RedisAnswers;
 use crate::remote::conversations::RedisConversations;
 use crate::remote::limits::RedisLimits;
 use crate::remote::Remote;
+use crate::stores::Conversations;
 use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
 use std::sync::Arc;

@@ -17,6 +17,7 @@ use crate::config::Scenario;
 use crate::protocol::chunks::ChunkWriter;
 use crate::protocol::{Answer, ChatRequest, Operation};
 use crate::remote::flight::Claim;
+pub use crate::stores::Answers;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -25,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-pub use store::{AnswerStore, Answers, Entry, Key, MemoryAnswers};
+pub use store::{AnswerStore, Entry, Key, MemoryAnswers};
 use tokio::sync::watch;
 
 /// Request fields that change the answer (besides messages, model and user_profile).

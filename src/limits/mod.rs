@@ -19,10 +19,11 @@ pub mod store;
 
 use crate::config::{BudgetLimit, BudgetPeriod, Client, Cost};
 use crate::error::GatewayError;
+pub use crate::stores::LimitStores;
 use serde_json::{json, Value};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use store::{BudgetCheck, Check, Counters, Lease, Limit, Verdict};
-pub use store::{LimitStore, LimitStores, MemoryLimits};
+pub use store::{LimitStore, MemoryLimits};
 
 const WINDOW: Duration = Duration::from_secs(60);
 

@@ -269,30 +269,3 @@ impl LimitStore for MemoryLimits {
         c
     }
 }
-
-/// The configured backend; a variant per backend keeps calls statically dispatched.
-pub enum LimitStores {
-    Memory(MemoryLimits),
-    Redis(crate::remote::limits::RedisLimits),
-}
-
-impl LimitStore for LimitStores {
-    async fn reserve(&self, check: &Check<'_>) -> (Verdict, Counters) {
-        match self {
-            LimitStores::Memory(m) => m.reserve(check).await,
-            LimitStores::Redis(r) => r.reserve(check).await,
-        }
-    }
-    async fn settle(&self, lease: Lease, tokens: u64, amount: f64) {
-        match self {
-            LimitStores::Memory(m) => m.settle(lease, tokens, amount).await,
-            LimitStores::Redis(r) => r.settle(lease, tokens, amount).await,
-        }
-    }
-    async fn counters(&self, client: &str, window: Duration, period: Option<u64>) -> Counters {
-        match self {
-            LimitStores::Memory(m) => m.counters(client, window, period).await,
-            LimitStores::Redis(r) => r.counters(client, window, period).await,
-        }
-    }
-}

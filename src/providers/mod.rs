@@ -17,11 +17,11 @@ pub mod mock;
 pub mod openai;
 
 use crate::config::{Config, Provider as ProviderConfig, ProviderKind, Target};
-use crate::conversations::Conversations;
 use crate::error::GatewayError;
 use crate::protocol::chunks::{ToolCallPiece, Usage};
 use crate::protocol::sse::SseEvent;
 use crate::protocol::{ChatRequest, Features};
+use crate::stores::Conversations;
 use crate::upstream::{Auth, Conn, OpenError, Upstream};
 use bytes::Bytes;
 use std::future::Future;
