@@ -36,6 +36,14 @@ fn replicas(n: usize, yaml: &str) -> Vec<Proc> {
     (0..n).map(|_| spawn(yaml, &[])).collect()
 }
 
+/// A Redis, the OpenAI mock and `n` replicas of the shared config with `clients`.
+async fn fleet(n: usize, clients: &str) -> (RedisServer, MockOpenAi, Vec<Proc>) {
+    let redis = RedisServer::start();
+    let mock = MockOpenAi::start().await;
+    let gws = replicas(n, &config(&redis.url(), &mock.url(), clients));
+    (redis, mock, gws)
+}
+
 fn ask(p: &Proc, key: &str, model: &str, text: &str) -> Chat {
     Chat::at(&p.api)
         .key(key)
@@ -171,16 +179,7 @@ async fn a_budget_spent_on_one_replica_is_spent_on_all() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_answer_cached_by_one_replica_is_a_hit_on_another() {
-    let redis = RedisServer::start();
-    let mock = MockOpenAi::start().await;
-    let gws = replicas(
-        2,
-        &config(
-            &redis.url(),
-            &mock.url(),
-            "  - { name: app, api_key: k-app }",
-        ),
-    );
+    let (redis, mock, gws) = fleet(2, "  - { name: app, api_key: k-app }").await;
     let first = ask(&gws[0], "k-app", "cached", "the same question")
         .send()
         .await;
@@ -212,17 +211,8 @@ async fn an_answer_cached_by_one_replica_is_a_hit_on_another() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn twenty_identical_concurrent_requests_over_two_replicas_make_one_upstream_call() {
-    let redis = RedisServer::start();
-    let mock = MockOpenAi::start().await;
+    let (_redis, mock, gws) = fleet(2, "  - { name: app, api_key: k-app }").await;
     mock.set(|k| k.latency = Duration::from_millis(400));
-    let gws = replicas(
-        2,
-        &config(
-            &redis.url(),
-            &mock.url(),
-            "  - { name: app, api_key: k-app }",
-        ),
-    );
     let client = reqwest::Client::new();
     let answers = join_all((0..20).map(|i| {
         ask(&gws[i % 2], "k-app", "cached", "everyone asks this")
@@ -362,16 +352,7 @@ async fn clients_without_limits_never_touch_redis() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stored_response_is_continued_and_read_on_another_replica() {
-    let redis = RedisServer::start();
-    let mock = MockOpenAi::start().await;
-    let gws = replicas(
-        2,
-        &config(
-            &redis.url(),
-            &mock.url(),
-            "  - { name: app, api_key: k-app }",
-        ),
-    );
+    let (_redis, mock, gws) = fleet(2, "  - { name: app, api_key: k-app }").await;
     let one = Chat::at_path(&gws[0].api, "/v1/responses")
         .key("k-app")
         .body(json!({"model": "s", "input": "My name is Ada."}))
@@ -400,17 +381,9 @@ async fn a_stored_response_is_continued_and_read_on_another_replica() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_concurrency_limit_holds_across_replicas_and_frees_its_slots() {
-    let redis = RedisServer::start();
-    let mock = MockOpenAi::start().await;
+    let (_redis, mock, gws) =
+        fleet(2, "  - { name: app, api_key: k-app, max_concurrency: 2 }").await;
     mock.set(|k| k.latency = Duration::from_millis(600));
-    let gws = replicas(
-        2,
-        &config(
-            &redis.url(),
-            &mock.url(),
-            "  - { name: app, api_key: k-app, max_concurrency: 2 }",
-        ),
-    );
     let client = reqwest::Client::new();
     let answers = join_all((0..6).map(|i| {
         ask(&gws[i % 2], "k-app", "s", &format!("slot{i}"))
