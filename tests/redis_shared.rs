@@ -445,3 +445,35 @@ async fn an_answer_bigger_than_max_entry_bytes_is_served_but_not_shared() {
     assert_eq!(other.header("x-gateway-cache"), Some("miss"));
     assert_eq!(mock.count(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clearing_the_cache_on_one_replica_clears_the_shared_entries() {
+    let (redis, mock, gws) = fleet(2, "  - { name: app, api_key: k-app }").await;
+    for text in ["one", "two"] {
+        assert_eq!(
+            ask(&gws[0], "k-app", "cached", text).send().await.status,
+            200
+        );
+    }
+    let answers = |r: &RedisServer| -> Vec<String> {
+        r.keys("aigw:c:*")
+            .into_iter()
+            .filter(|k| !k.ends_with(":lock"))
+            .collect()
+    };
+    assert_eq!(answers(&redis).len(), 2);
+    let cleared: Value = http()
+        .delete(format!("{}/admin/cache", gws[0].admin))
+        .bearer_auth("adm")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cleared["cleared"], 2, "{cleared}");
+    assert!(answers(&redis).is_empty());
+    let r = ask(&gws[1], "k-app", "cached", "one").send().await;
+    assert_eq!(r.header("x-gateway-cache"), Some("miss"));
+    assert_eq!(mock.count(), 3);
+}
