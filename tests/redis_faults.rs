@@ -7,7 +7,7 @@ mod support;
 
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use support::dify::{key, MockDify, Mode};
+use support::dify::{shared_state_config, MockDify};
 use support::process::{spawn, Proc};
 use support::redis::{RedisServer, SlowProxy};
 use support::*;
@@ -248,21 +248,7 @@ async fn a_slow_redis_counts_as_down_for_that_command() {
 async fn a_conversation_lookup_that_fails_starts_a_new_conversation() {
     let mut redis = RedisServer::start();
     let dify = MockDify::start().await;
-    let yaml = format!(
-        r#"
-admin:
-  api_key: adm
-state: {{ backend: redis, url: "{redis}", timeout: 50ms }}
-providers:
-  d: {{ type: dify, base_url: "{url}", api_key: {k}, app: chat }}
-scenarios:
-  chat:
-    targets: [{{ provider: d }}]
-"#,
-        redis = redis.url(),
-        url = dify.url(),
-        k = key(Mode::Chat)
-    );
+    let yaml = shared_state_config(&redis.url(), &dify, "50ms");
     let gw = spawn(&yaml, &[]);
     let turn = |text: &'static str| {
         Chat::at(&gw.api)

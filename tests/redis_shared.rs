@@ -7,7 +7,7 @@ mod support;
 use futures::future::join_all;
 use serde_json::{json, Value};
 use std::time::Duration;
-use support::dify::{key, MockDify, Mode};
+use support::dify::{shared_state_config, MockDify};
 use support::process::{spawn, Proc};
 use support::redis::RedisServer;
 use support::*;
@@ -271,21 +271,7 @@ async fn when_the_leading_replica_fails_a_waiting_replica_takes_over() {
 async fn a_dify_conversation_continues_on_another_replica() {
     let redis = RedisServer::start();
     let dify = MockDify::start().await;
-    let yaml = format!(
-        r#"
-admin:
-  api_key: adm
-state: {{ backend: redis, url: "{redis}" }}
-providers:
-  d: {{ type: dify, base_url: "{url}", api_key: {k}, app: chat }}
-scenarios:
-  chat:
-    targets: [{{ provider: d }}]
-"#,
-        redis = redis.url(),
-        url = dify.url(),
-        k = key(Mode::Chat)
-    );
+    let yaml = shared_state_config(&redis.url(), &dify, "2s");
     let gws = replicas(2, &yaml);
     let mut history = vec![];
     for (i, text) in ["第一句", "第二句", "第三句"].iter().enumerate() {

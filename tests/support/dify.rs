@@ -516,3 +516,22 @@ async fn upload(State(state): State<Arc<DifyState>>, headers: HeaderMap, body: B
         .body(Body::from(json!({"id": id, "name": "image.png", "size": body.len(), "extension": "png", "mime_type": "image/png"}).to_string()))
         .unwrap()
 }
+
+/// A config with one Dify chat app (`chat` scenario) and state in the Redis at `redis_url`
+/// (`state.timeout` as given): for the shared-state tests.
+pub fn shared_state_config(redis_url: &str, dify: &MockDify, timeout: &str) -> String {
+    format!(
+        r#"
+admin:
+  api_key: adm
+state: {{ backend: redis, url: "{redis_url}", timeout: {timeout} }}
+providers:
+  d: {{ type: dify, base_url: "{url}", api_key: {k}, app: chat }}
+scenarios:
+  chat:
+    targets: [{{ provider: d }}]
+"#,
+        url = dify.url(),
+        k = key(Mode::Chat)
+    )
+}

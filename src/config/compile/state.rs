@@ -83,10 +83,11 @@ pub fn redact_url(url: &str) -> String {
     let authority_end = rest.find('/').unwrap_or(rest.len());
     let (authority, path) = rest.split_at(authority_end);
     match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}{path}")
-        }
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
+            // A user name alone carries no secret.
+            None => url.to_owned(),
+        },
         None => url.to_owned(),
     }
 }
@@ -112,6 +113,10 @@ mod tests {
         assert_eq!(
             redact_url("rediss://app:p@ss@redis.svc:6380/2"),
             "rediss://app:***@redis.svc:6380/2"
+        );
+        assert_eq!(
+            redact_url("redis://app@10.0.0.1:6379/0"),
+            "redis://app@10.0.0.1:6379/0"
         );
         assert_eq!(
             redact_url("redis://127.0.0.1:6379/0"),
