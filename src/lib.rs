@@ -16,6 +16,7 @@ pub mod forward;
 pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
+pub mod output;
 pub mod protocol;
 pub mod providers;
 pub mod reload;

@@ -239,8 +239,11 @@ pub struct Scenario {
     pub targets: Vec<Target>,
     pub cache_ttl: Option<Duration>,
     /// SHA-256 of everything in the scenario that shapes an answer (targets, prompts, params,
-    /// inputs): part of the response-cache key, so a reload that changes them misses.
+    /// inputs, output schema): part of the response-cache key, so a reload that changes them
+    /// misses.
     pub fingerprint: [u8; 32],
+    /// `output:`: the JSON Schema every answer is validated against.
+    pub output: Option<Arc<crate::output::OutputSpec>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -242,6 +242,16 @@ pub struct RawScenario {
     pub cache: Option<RawScenarioCache>,
     pub retry: Option<RawRetry>,
     pub timeouts: Option<RawTimeouts>,
+    pub output: Option<RawOutput>,
+}
+
+/// A scenario's structured output: a JSON Schema (a file, or inline) its answers must match.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutput {
+    pub schema_file: Option<String>,
+    pub schema: Option<serde_json::Value>,
+    pub repair_attempts: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -18,6 +18,7 @@ pub mod openai;
 
 use crate::config::{Config, Provider as ProviderConfig, ProviderKind, Target};
 use crate::error::GatewayError;
+pub use crate::output::request::Telling;
 use crate::protocol::chunks::{ToolCallPiece, Usage};
 use crate::protocol::sse::SseEvent;
 use crate::protocol::{ChatRequest, Features};
@@ -106,6 +107,19 @@ pub trait Provider {
 
     fn auth(&self) -> Auth<'_>;
 
+    /// How a validated request tells this provider what JSON to answer: `response_format`
+    /// where it serves one, else an instruction in the system prompt.
+    fn telling(&self) -> Telling {
+        if self
+            .features()
+            .contains(crate::protocol::Feature::ResponseFormat)
+        {
+            Telling::Native
+        } else {
+            Telling::Instruction
+        }
+    }
+
     /// The upstream call for `req` on `target`.
     fn build<'a>(
         &'a self,
@@ -185,6 +199,10 @@ impl Provider for Dispatch<'_> {
 
     fn auth(&self) -> Auth<'_> {
         each!(self, p => p.auth())
+    }
+
+    fn telling(&self) -> Telling {
+        each!(self, p => p.telling())
     }
 
     async fn build<'a>(

@@ -143,7 +143,18 @@ fn scenario(
             );
         }
     }
-    let fingerprint = fingerprint(&targets, templates);
+    let output = s
+        .output
+        .as_ref()
+        .and_then(|o| super::output::compile(cx, key, name, o, scope.base_dir));
+    let mut fingerprint = fingerprint(&targets, templates);
+    if let Some(o) = &output {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(fingerprint);
+        h.update(o.schema.json.to_string().as_bytes());
+        fingerprint = h.finalize().into();
+    }
     Scenario {
         name: name.to_owned(),
         models: aliases,
@@ -152,6 +163,7 @@ fn scenario(
         targets,
         cache_ttl: s.cache.as_ref().map(|c| c.ttl.0),
         fingerprint,
+        output,
     }
 }
 

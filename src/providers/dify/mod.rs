@@ -14,7 +14,9 @@ pub mod translate;
 pub mod turns;
 pub mod upload;
 
-use super::{BuildCx, Decoder, Event, HookCx, Operation, Provider, StreamMeta, UpstreamCall};
+use super::{
+    BuildCx, Decoder, Event, HookCx, Operation, Provider, StreamMeta, Telling, UpstreamCall,
+};
 use crate::config::{DifyApp, DifySettings, Provider as ProviderConfig, Target};
 use crate::conversations::{ConversationKey, ConversationStore, CONVERSATION_IDLE};
 use crate::error::{sanitize, GatewayError};
@@ -51,6 +53,12 @@ impl Provider for Dify<'_> {
     /// in the history are rendered into the query text; answering a tool result is not served.
     fn features(&self) -> Features {
         Features::of(&[Feature::Stream, Feature::Images])
+    }
+
+    /// An app's prompt and inputs are its own: a JSON instruction would land in the user's
+    /// query (or a workflow input), so the answer is only validated after the fact.
+    fn telling(&self) -> Telling {
+        Telling::Nothing
     }
 
     fn auth(&self) -> Auth<'_> {
