@@ -96,6 +96,9 @@ pub struct RequestCtx {
     pub drain: Option<tokio::sync::watch::Receiver<bool>>,
     /// Holds the request in the in-flight count until the context is dropped.
     pub inflight: Option<crate::lifecycle::InFlight>,
+    /// Set while a validated answer is collected: the relay's complete body lands here
+    /// instead of going to the client, who gets it only once it is checked.
+    pub held: Option<Option<Bytes>>,
 }
 
 impl RequestCtx {
@@ -128,6 +131,7 @@ impl RequestCtx {
             stream: None,
             error: None,
             drain: None,
+            held: None,
             inflight: None,
         }
     }
@@ -192,6 +196,10 @@ pub async fn write_full(
     body: Bytes,
     extra: &[(&'static str, String)],
 ) -> pingora::Result<()> {
+    if let Some(slot) = &mut ctx.held {
+        *slot = Some(body);
+        return Ok(());
+    }
     let mut h = match response_header(status, ctx) {
         Ok(h) => h,
         Err(_) => ResponseHeader::build_no_case(status, None)?,

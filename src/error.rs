@@ -248,6 +248,9 @@ pub enum Failover {
     Limited(Duration),
     /// The client's request is at fault (or the client left): no retry, no breaker count.
     Final,
+    /// The target answered, but not usably (structured output still invalid after its
+    /// repairs): the next target is tried; the target's health is not affected.
+    Next,
 }
 
 /// Redacts anything in an upstream message that looks like a credential and bounds its length:

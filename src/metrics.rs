@@ -28,6 +28,7 @@ pub struct Metrics {
     pub state_errors_total: IntCounterVec,
     pub upstream_attempts_total: IntCounterVec,
     pub fallbacks_total: IntCounterVec,
+    pub output_validations_total: IntCounterVec,
     pub circuit_state: IntGaugeVec,
     pub inflight_requests: IntGaugeVec,
     pub cache_lookups_total: IntCounterVec,
@@ -88,6 +89,12 @@ impl Metrics {
             "fallbacks_total",
             "Fallbacks from one provider to the next.",
             &["scenario", "from", "to"],
+        )?;
+        let output_validations_total = counter(
+            "output_validations_total",
+            "Validated (structured output) requests by result: valid at the first answer, \
+             repaired (valid after an invalid answer), invalid (no valid answer).",
+            &["scenario", "result"],
         )?;
         let cache_lookups_total = counter(
             "cache_lookups_total",
@@ -185,6 +192,7 @@ impl Metrics {
             state_errors_total,
             upstream_attempts_total,
             fallbacks_total,
+            output_validations_total,
             circuit_state,
             inflight_requests,
             cache_lookups_total,

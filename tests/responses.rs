@@ -93,6 +93,8 @@ async fn get(gw: &TestGateway, key: &str, id: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_upstream_gets_a_chat_request_and_the_client_a_response() {
     let s = setup().await;
+    // `text.format` asks for JSON: the gateway checks the answer is.
+    s.openai.set(|k| k.content = r#"{"a":"hello"}"#.into());
     let (status, body) = post(
         &s.gw,
         "client-key",
@@ -133,10 +135,7 @@ async fn the_upstream_gets_a_chat_request_and_the_client_a_response() {
     let message = r["output"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(message["type"], "message");
     assert_eq!(message["content"][0]["type"], "output_text");
-    assert_eq!(
-        message["content"][0]["text"],
-        "Hello from the mock upstream, one two three."
-    );
+    assert_eq!(message["content"][0]["text"], r#"{"a":"hello"}"#);
     assert!(r["usage"]["output_tokens"].as_u64().unwrap() > 0, "{r}");
     assert_eq!(
         r["usage"]["total_tokens"].as_u64().unwrap(),
@@ -400,8 +399,11 @@ async fn a_failure_after_the_start_is_response_failed() {
 async fn the_openai_python_sdk_works_unmodified() {
     let python = python_with("openai");
     let s = setup().await;
-    s.openai
-        .set(|k| k.tool_call = Some(("get_weather".into(), r#"{"city":"Paris"}"#.into())));
+    s.openai.set(|k| {
+        k.tool_call = Some(("get_weather".into(), r#"{"city":"Paris"}"#.into()));
+        // The structured-output call gets JSON, as from a model that honours the format.
+        k.json_content = Some(r#"{"label":"positive"}"#.into());
+    });
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/responses_check.py");
     let base = format!("{}/v1", s.gw.api);
     let stdout = run_sdk_script(

@@ -13,8 +13,9 @@ use crate::error::GatewayError;
 use crate::filters::{demand, scenario};
 use crate::forward::{self, Job};
 use crate::limits::{self, Used};
+use crate::output;
 use crate::protocol::anthropic::encode as messages;
-use crate::protocol::{ops, ChatRequest, Operation, RequestHints};
+use crate::protocol::{ops, ChatRequest, Feature, Features, Operation, RequestHints};
 use crate::providers::TemplateVars;
 use crate::state::Shared;
 use bytes::Bytes;
@@ -39,7 +40,7 @@ pub(crate) async fn serve(
     ctx: &mut RequestCtx,
     config: &Config,
     client: Option<&Client>,
-    req: ChatRequest,
+    mut req: ChatRequest,
     hints: &RequestHints,
     body: Bytes,
 ) -> Result<(), GatewayError> {
@@ -55,6 +56,18 @@ pub(crate) async fn serve(
     )?;
     let scenario = &config.scenarios[idx];
     ctx.scenario = Some(scenario.name.clone());
+    // Structured output: the gateway itself serves `response_format` (validating the answer),
+    // so no target is skipped or refused for it.
+    let expected = match req.op {
+        Operation::Chat => output::expected(scenario.output.as_deref(), &req)?,
+        _ => None,
+    };
+    if expected.is_some() {
+        output::check_request(&req)?;
+        req.features = req
+            .features
+            .without(Features::of(&[Feature::ResponseFormat]));
+    }
     forward::check_operation(scenario, req.op)?;
     forward::check_features(shared, scenario, &req)?;
 
@@ -69,6 +82,7 @@ pub(crate) async fn serve(
         scenario,
         req: &req,
         vars: &vars,
+        output: expected.as_ref(),
     };
 
     // Client limits: reserve before anything is contacted, settle with what was really used.
@@ -111,7 +125,10 @@ pub(crate) async fn serve(
         )
     };
     let cached = ctx.cached_tokens.unwrap_or(0);
-    let spent = limits::usd_cached(ctx.cost, prompt, cached, completion);
+    // A validated answer's spend is summed per attempt (its targets may differ in price).
+    let spent = ctx
+        .spent
+        .unwrap_or_else(|| limits::usd_cached(ctx.cost, prompt, cached, completion));
     ctx.spent = Some(spent);
     shared
         .limits
@@ -213,16 +230,16 @@ async fn answer(
             match shared.cache.lookup(&key, max_age, patience).await {
                 Lookup::Hit(entry) => {
                     lookups("hit");
-                    return write_hit(session, ctx, &entry, job.req).await;
+                    return write_hit(session, ctx, &entry, job).await;
                 }
                 Lookup::Joined(entry) => {
                     lookups("coalesced");
-                    return write_hit(session, ctx, &entry, job.req).await;
+                    return write_hit(session, ctx, &entry, job).await;
                 }
                 Lookup::Follow(rx) => {
                     if let Some(entry) = cache::follow(rx, patience).await {
                         lookups("coalesced");
-                        return write_hit(session, ctx, &entry, job.req).await;
+                        return write_hit(session, ctx, &entry, job).await;
                     }
                     ctx.cache = CacheState::Miss;
                     lookups("miss");
@@ -267,9 +284,15 @@ async fn write_hit(
     session: &mut Session,
     ctx: &mut RequestCtx,
     entry: &cache::Entry,
-    req: &ChatRequest,
+    job: &Job<'_>,
 ) -> Result<(), GatewayError> {
+    let req = job.req;
     ctx.cache = CacheState::Hit;
+    if job.output.is_some() {
+        // Only validated answers are stored.
+        ctx.extra_headers
+            .push(("x-gateway-output", "valid".to_owned()));
+    }
     let age = entry.age().as_secs().to_string();
     if let Some(body) = &entry.body {
         let ct = http::HeaderValue::from_static("application/json");

@@ -19,6 +19,7 @@ pub mod failure;
 mod passthrough;
 mod relay;
 mod translated;
+mod validated;
 mod wait;
 
 use crate::config::{Config, Scenario, Target};
@@ -39,6 +40,8 @@ pub struct Job<'a> {
     pub scenario: &'a Scenario,
     pub req: &'a ChatRequest,
     pub vars: &'a TemplateVars<'a>,
+    /// Set for a validated request (structured output): what its answer must be.
+    pub output: Option<&'a crate::output::Expected>,
 }
 
 /// The attempt loop (DESIGN §1.7): the scenario's candidates in strategy order, one pass,
@@ -73,6 +76,7 @@ pub async fn serve(
     };
     // Candidates already counted as unsupported (a lone candidate is visited more than once).
     let mut unsupported = 0u64;
+    let mut tally = validated::Tally::default();
     for idx in order {
         if made == cap {
             break;
@@ -135,18 +139,34 @@ pub async fn serve(
             // A cache hit could not say what was dropped to produce the answer: not stored.
             ctx.capture = None;
         }
-        let mut call = provider.build(&cx, c.target, job.req).await?;
-        if ctx.dialect != Dialect::OpenAi && call.decoder.is_none() {
-            // An OpenAI-shaped answer for a client of another dialect is decoded and re-encoded.
-            call.decoder = Some(Decoder::OpenAi(OpenAiStream::new(&c.target.provider.name)));
+        let result = match job.output {
+            Some(expected) => {
+                validated::run(
+                    shared, session, ctx, job, &cx, c.target, &provider, &mut guard, expected,
+                    &mut tally,
+                )
+                .await
+            }
+            None => {
+                let mut call = provider.build(&cx, c.target, job.req).await?;
+                if ctx.dialect != Dialect::OpenAi && call.decoder.is_none() {
+                    // An OpenAI-shaped answer for a client of another dialect is decoded and
+                    // re-encoded.
+                    call.decoder =
+                        Some(Decoder::OpenAi(OpenAiStream::new(&c.target.provider.name)));
+                }
+                if let Some(c) = &mut ctx.capture {
+                    c.reset();
+                }
+                attempt::run(
+                    shared, session, ctx, job, c.target, &provider, call, &mut guard,
+                )
+                .await
+            }
+        };
+        if job.output.is_some() {
+            tally.settle(ctx);
         }
-        if let Some(c) = &mut ctx.capture {
-            c.reset();
-        }
-        let result = attempt::run(
-            shared, session, ctx, job, c.target, &provider, call, &mut guard,
-        )
-        .await;
         match result {
             Ok(()) => return Ok(()),
             Err(Failure {
@@ -159,6 +179,7 @@ pub async fn serve(
                     Failover::Final => return Err(*error),
                     Failover::Broken => guard.failure(&text),
                     Failover::Limited(d) => guard.rest(Instant::now() + d, &text),
+                    Failover::Next => {}
                 }
                 log::debug!(
                     "request {}: target {} failed: {text}",
@@ -166,8 +187,20 @@ pub async fn serve(
                     c.label()
                 );
                 last = Some(*error);
+                if failover == Failover::Next && n == 1 {
+                    // Its repairs were its retries: asking the lone target again from the
+                    // start would only repeat them.
+                    break;
+                }
             }
         }
+    }
+    if tally.invalid {
+        shared
+            .metrics
+            .output_validations_total
+            .with_label_values(&[&scenario.name, "invalid"])
+            .inc();
     }
     if let Some(e) = last {
         return Err(e);

@@ -74,6 +74,8 @@ pub struct DifyKnobs {
     /// `message_end` usage also reports (cached prompt, reasoning completion) tokens the
     /// OpenAI way (`prompt_tokens_details`, `completion_tokens_details`).
     pub usage_details: Option<(u64, u64)>,
+    /// Answers given in order, one per generate call, instead of the echo of the query.
+    pub script: Vec<String>,
 }
 
 impl Default for DifyKnobs {
@@ -91,6 +93,7 @@ impl Default for DifyKnobs {
             reasoning_chunks: None,
             think: None,
             usage_details: None,
+            script: Vec::new(),
         }
     }
 }
@@ -273,7 +276,11 @@ async fn generate(
             "Agent Chat App does not support blocking mode",
         );
     }
-    let knobs = state.knobs.lock().clone();
+    let (knobs, scripted) = {
+        let mut k = state.knobs.lock();
+        let scripted = (!k.script.is_empty()).then(|| k.script.remove(0));
+        (k.clone(), scripted)
+    };
     tokio::time::sleep(knobs.latency).await;
     if let Some((status, code, message)) = knobs.fail_with {
         let mut answer = error(status, code, message);
@@ -329,6 +336,7 @@ async fn generate(
             .rev()
             .collect::<String>()
     );
+    let answer = scripted.unwrap_or(answer);
     let task = uuid::Uuid::new_v4().to_string();
     let message = uuid::Uuid::new_v4().to_string();
     state

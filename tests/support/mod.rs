@@ -64,6 +64,10 @@ pub struct Knobs {
     pub stall_after_headers: bool,
     /// Answer text; split into `chunks` stream chunks.
     pub content: String,
+    /// Answers given in order, one per request, before `content` answers the rest.
+    pub script: Vec<String>,
+    /// The answer to a request with a JSON `response_format` (a model that honours it).
+    pub json_content: Option<String>,
     pub chunks: usize,
     pub chunk_interval: Duration,
     /// End the stream after this many content chunks, without finish chunk or [DONE].
@@ -101,6 +105,8 @@ impl Default for Knobs {
             never_answer: false,
             stall_after_headers: false,
             content: "Hello from the mock upstream, one two three.".into(),
+            script: Vec::new(),
+            json_content: None,
             chunks: 4,
             chunk_interval: Duration::ZERO,
             cut_after: None,
@@ -306,7 +312,15 @@ async fn receive(
         headers: parts.headers,
         body: body.clone(),
     });
-    let knobs = state.knobs.lock().clone();
+    let (mut knobs, scripted) = {
+        let mut k = state.knobs.lock();
+        let mut now = k.clone();
+        let scripted = !k.script.is_empty();
+        if scripted {
+            now.content = k.script.remove(0);
+        }
+        (now, scripted)
+    };
     let mut watch = CancelWatch {
         state,
         answered: false,
@@ -317,6 +331,12 @@ async fn receive(
     tokio::time::sleep(knobs.latency).await;
     watch.answered = true;
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let asks_json = req["response_format"]["type"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("json"));
+    if let (true, false, Some(json)) = (asks_json, scripted, knobs.json_content.clone()) {
+        knobs.content = json;
+    }
     let model = req["model"].as_str().unwrap_or("mock-model").to_owned();
     let failing = knobs.fail_models.is_empty() || knobs.fail_models.contains(&model);
     if knobs.status != 200 && failing {
@@ -586,7 +606,11 @@ fn free_port() -> std::net::TcpListener {
 pub fn start_gateway_with_files(yaml: &str, files: &[(&str, &str)]) -> TestGateway {
     let dir = tempfile::tempdir().unwrap();
     for (name, text) in files {
-        std::fs::write(dir.path().join(name), text).unwrap();
+        let path = dir.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(path, text).unwrap();
     }
     let (api, admin) = free_ports();
     let full = if yaml.contains("admin:") {
