@@ -68,6 +68,9 @@ scenarios:
     targets: [{ provider: claude, model: bench-model }] # builtin
   bench-embed: # builtin
     targets: [{ provider: mock, model: bench-embed }] # builtin
+  bench-json: # builtin
+    output: { schema: { type: object, required: [label, score] } } # builtin
+    targets: [{ provider: mock, model: bench-model }] # builtin
 YAML
 RUST_LOG=error target/release/ai-gateway -c "$OUT/conf/gateway.yaml" >/dev/null 2>&1 & pids+=($!)
 # The same gateway with its JSON access log on, written to a file: the log's cost per request.
@@ -158,6 +161,10 @@ measure() { # name url conns
       # translation, not the conversation store).
       BENCH_BODY='{"model":"bench","input":"Say hello","store":false}' \
         measure responses "http://127.0.0.1:$GW_PORT/v1/responses" "$conns"
+      # Structured output: the answer collected, its JSON extracted and validated against the
+      # scenario's schema, then written (the mock answers valid JSON: no repair).
+      BENCH_BODY='{"model":"bench-json","messages":[{"role":"user","content":"Say hello"}]}' \
+        measure validated "http://127.0.0.1:$GW_PORT/v1/chat/completions" "$conns"
     done
     # The same priced scenario from a client without limits and from one with RPM, TPM and a
     # budget: the difference is the limiter's cost.

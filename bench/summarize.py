@@ -16,7 +16,7 @@ for line in open(log):
 def med(key, i):
     return statistics.median(r[i] for r in rows[key])
 
-order = ["direct", "floor", "gateway", "before", "logged", "nginx", "dify", "claude", "messages", "responses", "builtin", "embeddings", "nginxemb", "cached", "rcached", "unlimited", "limited", "rlimited", "abnew", "abold"]
+order = ["direct", "floor", "gateway", "before", "logged", "nginx", "dify", "claude", "messages", "responses", "validated", "builtin", "embeddings", "nginxemb", "cached", "rcached", "unlimited", "limited", "rlimited", "abnew", "abold"]
 names = sorted({k[0] for k in rows}, key=lambda n: order.index(n) if n in order else 9)
 print(f"\n{'path':8} {'c=1 p50':>9} {'c=1 p99':>9} {'added p50':>10} {'added p99':>10} {'c=' + conc + ' rps':>10} {'rps ratio':>9} {'errors':>6}")
 for n in names:
@@ -41,6 +41,10 @@ if ("messages", int(conc)) in rows:
 if ("responses", int(conc)) in rows:
     ratio = med(("responses", int(conc)), 2) / med(("gateway", int(conc)), 2)
     print(f"/v1/responses -> OpenAI mock max RPS / chat -> OpenAI mock max RPS: {ratio:.2f}")
+if ("validated", int(conc)) in rows:
+    ratio = med(("validated", int(conc)), 2) / med(("gateway", int(conc)), 2)
+    print(f"structured output (validated) max RPS / chat -> OpenAI mock max RPS: {ratio:.2f}; "
+          f"c=1 p50 {med(('validated', 1), 0)}us vs {med(('gateway', 1), 0)}us")
 
 if ("cached", 1) in rows:
     floor = ""

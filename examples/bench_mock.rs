@@ -40,6 +40,14 @@ const MESSAGES_STREAM: &str = concat!(
 /// The same answer as one Messages object.
 const MESSAGE: &str = r#"{"id":"msg_bench","type":"message","role":"assistant","model":"bench-model","content":[{"type":"text","text":"Hello! How can I help you today?"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":9,"output_tokens":9}}"#;
 
+/// The answer to a request that asks for JSON (`response_format`): what a validated
+/// (structured output) scenario checks.
+const ANSWER_JSON: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"{\"label\":\"positive\",\"score\":0.8}"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":9,"total_tokens":18}}"#;
+
+fn asks_json(body: &[u8]) -> bool {
+    body.windows(17).any(|w| w == b"\"response_format\"")
+}
+
 fn asks_stream(body: &[u8]) -> bool {
     body.windows(13).any(|w| w == b"\"stream\":true")
 }
@@ -66,6 +74,8 @@ async fn dify() -> Response {
 async fn chat(body: Bytes) -> Response {
     let (ct, text) = if asks_stream(&body) {
         ("text/event-stream", STREAM)
+    } else if asks_json(&body) {
+        ("application/json", ANSWER_JSON)
     } else {
         ("application/json", ANSWER)
     };
