@@ -538,3 +538,37 @@ async fn the_openai_and_anthropic_sdks_get_validated_json() {
         "{first}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_responses_door_gets_validated_json_and_stores_it() {
+    let s = setup().await;
+    script(&s.gpt, &[&format!("```\n{VALID}\n```")]);
+    let r = http()
+        .post(format!("{}/v1/responses", s.gw.api))
+        .bearer_auth("client-key")
+        .json(&json!({"model": "sentiment", "input": "Lovely staff"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()
+            .get("x-gateway-output")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "valid"
+    );
+    let body: Value = r.json().await.unwrap();
+    let message = body["output"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(message["content"][0]["text"], VALID, "{body}");
+    // Stored like any response: retrievable by its id.
+    let id = body["id"].as_str().unwrap();
+    let got = http()
+        .get(format!("{}/v1/responses/{id}", s.gw.api))
+        .bearer_auth("client-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 200);
+}
