@@ -5,6 +5,7 @@
 //! the same collector and keeps going after a problem, so one run lists everything.
 
 mod clients;
+mod experiments;
 mod policies;
 mod providers;
 mod scenarios;
