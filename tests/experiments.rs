@@ -1,7 +1,8 @@
 //! Experiments (issue 16, part 2), with the gateway running for real over two mock upstreams,
 //! one per variant: the split of 1,000 users, stickiness (repeats, a reload, another gateway
 //! process), a weight change that moves only users near the boundary, forced variants, feedback,
-//! `/admin/experiments` against the requests counted here, the `variant` metric label, and
+//! `/admin/experiments` against the requests counted here, the `variant` metric label and
+//! response header (cache hits and errors included), a round-robin rotation per variant, and
 //! config mistakes refused by a reload.
 
 mod support;
@@ -167,7 +168,7 @@ async fn a_user_keeps_its_variant_across_requests_reloads_and_processes() {
         "in another process"
     );
     other.signal("TERM");
-    other.wait(std::time::Duration::from_secs(10));
+    tokio::task::block_in_place(|| other.wait(std::time::Duration::from_secs(10)));
     let log = other.stdout_text();
     assert!(
         log.contains(r#""scenario":"plan","variant":"plan-v2/control""#)
@@ -524,4 +525,35 @@ async fn every_answer_of_an_experiment_names_its_variant_hits_and_errors_include
     assert_eq!(a.count(), 1, "the hit came from the cache");
     // Each variant has its own cache entries: v2 did not get control's answer.
     assert_eq!(b.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_variant_has_its_own_round_robin_rotation() {
+    let a = MockOpenAi::start().await;
+    let b = MockOpenAi::start().await;
+    let yaml = config(&a, &b, (50, 50))
+        .replace(
+            "name: control, weight: 50, targets: [{ provider: a, model: model-a }]",
+            "name: control, weight: 50, strategy: round_robin, targets: [{ provider: a }, { provider: b }]",
+        )
+        .replace(
+            "name: v2, weight: 50, targets: [{ provider: b, model: model-b }]",
+            "name: v2, weight: 50, strategy: round_robin, targets: [{ provider: a }, { provider: b }]",
+        );
+    let gw = start_gateway(&yaml);
+    let mut control = Vec::new();
+    for forced in ["control", "v2", "control", "v2"] {
+        let r = Chat::at(&gw.api)
+            .key("qa-key")
+            .header("x-gateway-variant", forced)
+            .body(ask("plan", None))
+            .send()
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        if forced == "control" {
+            control.push(r.header("x-gateway-provider").unwrap().to_owned());
+        }
+    }
+    // A rotation shared with v2 would have given control the same target twice.
+    assert_eq!(control, ["a", "b"]);
 }
