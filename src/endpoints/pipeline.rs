@@ -2,9 +2,9 @@
 //! scenario (and, for an experiment, its variant, remembered for feedback) → refuse what no
 //! target can serve (the operation, then the features) → reserve client limits → answer from
 //! the cache or forward to the upstreams (storing the answer when allowed) → settle the limits
-//! with what was used (the upstream's usage, else the gateway's estimate). Answers and errors are written in the client's dialect (`ctx.dialect`).
-//! Embeddings and completions take the same path: their operation rides on the request
-//! (`ChatRequest::op`).
+//! with what was used (the upstream's usage, else the gateway's estimate). Answers and errors
+//! are written in the client's dialect (`ctx.dialect`). Embeddings and completions take the
+//! same path: their operation rides on the request (`ChatRequest::op`).
 
 use crate::cache::{self, Control, Lookup};
 use crate::config::{Client, Config, Scenario};
@@ -155,7 +155,12 @@ fn variant_of<'c>(
     client: Option<&Client>,
     req: &ChatRequest,
 ) -> Result<&'c Scenario, GatewayError> {
-    let forced = downstream::header(session, experiment::HEADER);
+    // Present but not text still counts as sent: refused, or an unknown variant.
+    let forced = session
+        .req_header()
+        .headers
+        .get(experiment::HEADER)
+        .map(|v| std::str::from_utf8(v.as_bytes()).unwrap_or_default());
     experiment::check_forcing(client, forced)?;
     let Some(e) = &scenario.experiment else {
         return Ok(scenario);
