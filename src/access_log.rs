@@ -25,6 +25,8 @@ pub struct Entry<'a> {
     pub path: &'a str,
     pub client: Option<&'a str>,
     pub scenario: Option<&'a str>,
+    /// `<experiment>/<variant>` of an experiment request.
+    pub variant: Option<&'a str>,
     pub provider: Option<&'a str>,
     pub stream: Option<bool>,
     pub attempts: u32,
@@ -77,6 +79,7 @@ impl Entry<'_> {
                 field_str(out, "path", Some(self.path));
                 field_str(out, "client", self.client);
                 field_str(out, "scenario", self.scenario);
+                field_str(out, "variant", self.variant);
                 field_str(out, "provider", self.provider);
                 field_raw(out, "stream", self.stream.map(|s| s.to_string()));
                 field_raw(out, "attempts", Some(self.attempts.to_string()));
@@ -105,12 +108,13 @@ impl Entry<'_> {
                 let num = |v: Option<u64>| v.map_or("-".into(), |n| n.to_string());
                 let _ = write!(
                     out,
-                    "{ts} access request_id={} method={} path={} client={} scenario={} provider={} stream={} attempts={} status={} cache={} error={} ttft_ms={} duration_ms={} overhead_ms={} prompt_tokens={} completion_tokens={} dropped={}",
+                    "{ts} access request_id={} method={} path={} client={} scenario={} variant={} provider={} stream={} attempts={} status={} cache={} error={} ttft_ms={} duration_ms={} overhead_ms={} prompt_tokens={} completion_tokens={} dropped={}",
                     self.request_id,
                     self.method,
                     self.path,
                     opt(self.client),
                     opt(self.scenario),
+                    opt(self.variant),
                     opt(self.provider),
                     self.stream.map_or("-".into(), |s| s.to_string()),
                     self.attempts,

@@ -52,6 +52,9 @@ pub struct RequestCtx {
     pub request_id: String,
     pub client: Option<String>,
     pub scenario: Option<String>,
+    /// `<experiment>/<variant>` when an experiment variant serves the request
+    /// (`x-gateway-variant`, metrics, access log).
+    pub variant: Option<String>,
     pub provider: Option<String>,
     pub attempts: u32,
     pub cache: CacheState,
@@ -108,6 +111,7 @@ impl RequestCtx {
             request_id: String::new(),
             client: None,
             scenario: None,
+            variant: None,
             provider: None,
             attempts: 0,
             cache: CacheState::Off,
@@ -163,6 +167,10 @@ pub fn response_header(status: u16, ctx: &RequestCtx) -> Result<ResponseHeader, 
     }
     if let Some(s) = &ctx.scenario {
         h.insert_header("x-gateway-scenario", s.as_str())
+            .map_err(bad)?;
+    }
+    if let Some(v) = &ctx.variant {
+        h.insert_header("x-gateway-variant", v.as_str())
             .map_err(bad)?;
     }
     if let Some(p) = &ctx.provider {

@@ -11,6 +11,7 @@ pub mod conversations;
 pub mod downstream;
 pub mod endpoints;
 pub mod error;
+pub mod experiments;
 pub mod filters;
 pub mod forward;
 pub mod lifecycle;

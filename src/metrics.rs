@@ -1,11 +1,13 @@
 //! The gateway's Prometheus series (DESIGN §1.8), in a registry owned by the gateway rather than
 //! the process-global one, so several gateways in one process (tests) never collide.
 //! The request families (requests, duration, TTFT, overhead, tokens, spend) carry the `endpoint`
-//! label of the route a request came in by (`server::routes`), a fixed vocabulary.
+//! label of the route a request came in by (`server::routes`), a fixed vocabulary; all but
+//! overhead also carry `variant`, the `<experiment>/<variant>` that served the request (empty
+//! outside experiments: bounded, as variants come from the config).
 
 use prometheus::{
-    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Buckets for LLM latencies: a cache hit is milliseconds, a long generation minutes.
@@ -38,6 +40,9 @@ pub struct Metrics {
     pub spend_usd_total: CounterVec,
     pub config_reloads_total: IntCounterVec,
     pub config_generation: IntGauge,
+    pub feedback_total: IntCounterVec,
+    /// A gauge, not a counter: scores go down as well as up (from -1 to 1).
+    pub feedback_score_sum: GaugeVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -61,14 +66,17 @@ impl Metrics {
             };
         let requests_total = counter(
             "requests_total",
-            "Requests answered, by endpoint, scenario, provider, HTTP status and cache result.",
-            &["endpoint", "scenario", "provider", "status", "cache"],
+            "Requests answered, by endpoint, scenario, provider, HTTP status, cache result and \
+             experiment variant.",
+            &[
+                "endpoint", "scenario", "provider", "status", "cache", "variant",
+            ],
         )?;
         let tokens_total = counter(
             "tokens_total",
             "Tokens used, by kind: prompt and completion (upstream usage, else the gateway's \
              estimate), and the cached prompt and reasoning completion tokens among them.",
-            &["endpoint", "scenario", "provider", "kind"],
+            &["endpoint", "scenario", "provider", "kind", "variant"],
         )?;
         let usage_estimated_total = counter(
             "usage_estimated_total",
@@ -123,7 +131,7 @@ impl Metrics {
                 "Time from request to the last response byte.",
                 LATENCY_BUCKETS,
             ),
-            &["endpoint", "scenario", "provider"],
+            &["endpoint", "scenario", "provider", "variant"],
         )?;
         let time_to_first_token_seconds = histogram(
             hist(
@@ -131,7 +139,7 @@ impl Metrics {
                 "Time from request to the first content byte.",
                 LATENCY_BUCKETS,
             ),
-            &["endpoint", "scenario", "provider"],
+            &["endpoint", "scenario", "provider", "variant"],
         )?;
         let overhead_seconds = histogram(
             hist(
@@ -173,9 +181,23 @@ impl Metrics {
                 "spend_usd_total",
                 "Spend in USD computed from targets' cost.",
             ),
-            &["endpoint", "client", "scenario", "provider"],
+            &["endpoint", "client", "scenario", "provider", "variant"],
         )?;
         registry.register(Box::new(spend_usd_total.clone()))?;
+        let feedback_total = counter(
+            "feedback_total",
+            "Feedback received on experiment answers (POST /v1/feedback), by scenario and variant.",
+            &["scenario", "variant"],
+        )?;
+        let feedback_score_sum = GaugeVec::new(
+            opts(
+                "feedback_score_sum",
+                "Sum of the feedback scores (each from -1 to 1), by scenario and variant; \
+                 divided by feedback_total it is the mean score.",
+            ),
+            &["scenario", "variant"],
+        )?;
+        registry.register(Box::new(feedback_score_sum.clone()))?;
         // Series whose label values are known up front exist from the start at zero, so an
         // alert on their increase has something to watch before the first event.
         for result in ["ok", "error"] {
@@ -202,6 +224,8 @@ impl Metrics {
             spend_usd_total,
             config_reloads_total,
             config_generation,
+            feedback_total,
+            feedback_score_sum,
         })
     }
 

@@ -44,6 +44,9 @@ pub struct Stores {
     pub cache: ResponseCache,
     pub limits: Limits,
     pub conversations: Conversations,
+    /// Experiment requests awaiting feedback: a store of their own, so a busy experiment never
+    /// evicts the conversations of the in-memory store.
+    pub feedback: Conversations,
     /// The Redis connection, when state is shared (for `/ready`).
     pub remote: Option<Arc<Remote>>,
 }
@@ -60,6 +63,7 @@ impl Stores {
                 cache: ResponseCache::new(Answers::Memory(l1)),
                 limits: Limits::new(LimitStores::Memory(MemoryLimits::default())),
                 conversations: Conversations::Memory(MemoryConversations::default()),
+                feedback: Conversations::Memory(MemoryConversations::default()),
                 remote: None,
             };
         };
@@ -71,6 +75,7 @@ impl Stores {
             ))),
             limits: Limits::new(LimitStores::Redis(RedisLimits::new(remote.clone()))),
             conversations: Conversations::Redis(RedisConversations::new(remote.clone())),
+            feedback: Conversations::Redis(RedisConversations::new(remote.clone())),
             remote: Some(remote),
         }
     }
@@ -90,6 +95,10 @@ pub struct Shared {
     pub limits: Limits,
     /// Conversations per (target, user, session); kept across reloads.
     pub conversations: Conversations,
+    /// Experiment requests (request id → scenario, variant) for `POST /v1/feedback`.
+    pub feedback: Conversations,
+    /// This replica's per-variant experiment figures (`/admin/experiments`).
+    pub experiments: crate::experiments::ExperimentStats,
     /// The shared-state connection (`state.backend: redis`); fixed until restart.
     pub remote: Option<Arc<Remote>>,
     /// Requests in flight and the graceful stop.
@@ -108,12 +117,15 @@ impl Shared {
             cache,
             limits,
             conversations,
+            feedback,
             remote,
         } = Stores::build(&config, &metrics);
         let router = crate::routing::Router::new(metrics.clone());
         // Every configured target is known (and exported) from the start, not after its first
         // request.
         router.sync(&config);
+        let experiments = crate::experiments::ExperimentStats::default();
+        experiments.sync(&config, &metrics);
         Ok(Shared {
             cache,
             reload_lock: parking_lot::Mutex::new(()),
@@ -123,6 +135,8 @@ impl Shared {
             metrics,
             upstream: Upstream::new(),
             conversations,
+            feedback,
+            experiments,
             remote,
             lifecycle: Arc::default(),
             access_log,
@@ -151,6 +165,7 @@ impl Shared {
                     log::warn!("{w}");
                 }
                 self.router.sync(&cfg);
+                self.experiments.sync(&cfg, &self.metrics);
                 self.state
                     .store(Arc::new(RuntimeState::new(cfg, generation)));
                 if restart_required {

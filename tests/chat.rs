@@ -506,7 +506,7 @@ scenarios:
     assert!(took < Duration::from_secs(5));
 
     let metrics = gw.metrics_with(
-        r#"ai_gateway_requests_total{cache="off",endpoint="chat",provider="silent",scenario="silent",status="504"} 2"#,
+        r#"ai_gateway_requests_total{cache="off",endpoint="chat",provider="silent",scenario="silent",status="504",variant=""} 2"#,
     );
     assert!(
         metrics.contains(
@@ -517,7 +517,7 @@ scenarios:
     assert!(metrics.contains(
         r#"ai_gateway_upstream_attempts_total{outcome="connect_error",provider="dead"} 1"#
     ));
-    assert!(metrics.contains(r#"ai_gateway_requests_total{cache="off",endpoint="chat",provider="silent",scenario="silent",status="504"} 2"#));
+    assert!(metrics.contains(r#"ai_gateway_requests_total{cache="off",endpoint="chat",provider="silent",scenario="silent",status="504",variant=""} 2"#));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -573,16 +573,16 @@ async fn metrics_count_requests_attempts_and_inflight() {
         assert_eq!(r.status, 200);
     }
     let m = gw.metrics_with(
-        r#"ai_gateway_requests_total{cache="off",endpoint="chat",provider="up",scenario="plain",status="200"} 3"#,
+        r#"ai_gateway_requests_total{cache="off",endpoint="chat",provider="up",scenario="plain",status="200",variant=""} 3"#,
     );
-    assert!(m.contains(r#"ai_gateway_requests_total{cache="off",endpoint="chat",provider="up",scenario="plain",status="200"} 3"#), "{m}");
+    assert!(m.contains(r#"ai_gateway_requests_total{cache="off",endpoint="chat",provider="up",scenario="plain",status="200",variant=""} 3"#), "{m}");
     assert!(m.contains(r#"ai_gateway_upstream_attempts_total{outcome="ok",provider="up"} 3"#));
     assert!(m.contains(r#"ai_gateway_inflight_requests{provider="up"} 0"#));
     assert!(m.contains(
-        r#"ai_gateway_request_duration_seconds_count{endpoint="chat",provider="up",scenario="plain"} 3"#
+        r#"ai_gateway_request_duration_seconds_count{endpoint="chat",provider="up",scenario="plain",variant=""} 3"#
     ));
     assert!(
-        m.contains(r#"ai_gateway_tokens_total{endpoint="chat",kind="prompt",provider="up",scenario="plain"} 33"#)
+        m.contains(r#"ai_gateway_tokens_total{endpoint="chat",kind="prompt",provider="up",scenario="plain",variant=""} 33"#)
     );
     assert!(m.contains("# TYPE ai_gateway_overhead_seconds histogram"));
 }

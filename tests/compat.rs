@@ -207,11 +207,11 @@ async fn a_finished_stream_without_done_gets_the_gateways_done() {
     assert_eq!(usage["completion_tokens"], text.split_whitespace().count());
 
     let m = gw.metrics_with(
-        r#"ai_gateway_requests_total{cache="off",endpoint="chat",provider="up",scenario="chat",status="200"} 2"#,
+        r#"ai_gateway_requests_total{cache="off",endpoint="chat",provider="up",scenario="chat",status="200",variant=""} 2"#,
     );
     assert!(
         m.contains(
-            r#"ai_gateway_requests_total{cache="off",endpoint="chat",provider="up",scenario="chat",status="200"} 2"#
+            r#"ai_gateway_requests_total{cache="off",endpoint="chat",provider="up",scenario="chat",status="200",variant=""} 2"#
         ),
         "{m}"
     );

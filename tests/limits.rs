@@ -146,12 +146,12 @@ async fn a_budget_is_spent_at_the_targets_cost() {
     );
     assert_eq!(mock.count(), 3);
     let m = gw.metrics_with(
-        r#"ai_gateway_spend_usd_total{client="a",endpoint="chat",provider="up",scenario="s"} 0.08"#,
+        r#"ai_gateway_spend_usd_total{client="a",endpoint="chat",provider="up",scenario="s",variant=""} 0.08"#,
     );
     let spend: f64 = m
         .lines()
         .find_map(|l| {
-            l.strip_prefix(r#"ai_gateway_spend_usd_total{client="a",endpoint="chat",provider="up",scenario="s"} "#)
+            l.strip_prefix(r#"ai_gateway_spend_usd_total{client="a",endpoint="chat",provider="up",scenario="s",variant=""} "#)
         })
         .and_then(|v| v.parse().ok())
         .unwrap();

@@ -492,11 +492,11 @@ async fn request_metrics_carry_the_endpoint() {
     assert_eq!(r.status, 200);
     let m = s.gw.metrics_with(r#"endpoint="chat""#);
     for line in [
-        r#"ai_gateway_requests_total{cache="off",endpoint="embeddings",provider="up",scenario="emb",status="200"} 1"#,
-        r#"ai_gateway_requests_total{cache="off",endpoint="completions",provider="up",scenario="comp",status="200"} 1"#,
-        r#"ai_gateway_requests_total{cache="off",endpoint="chat",provider="up",scenario="comp",status="200"} 1"#,
-        r#"ai_gateway_tokens_total{endpoint="embeddings",kind="prompt",provider="up",scenario="emb"} 3"#,
-        r#"ai_gateway_request_duration_seconds_count{endpoint="embeddings",provider="up",scenario="emb"} 1"#,
+        r#"ai_gateway_requests_total{cache="off",endpoint="embeddings",provider="up",scenario="emb",status="200",variant=""} 1"#,
+        r#"ai_gateway_requests_total{cache="off",endpoint="completions",provider="up",scenario="comp",status="200",variant=""} 1"#,
+        r#"ai_gateway_requests_total{cache="off",endpoint="chat",provider="up",scenario="comp",status="200",variant=""} 1"#,
+        r#"ai_gateway_tokens_total{endpoint="embeddings",kind="prompt",provider="up",scenario="emb",variant=""} 3"#,
+        r#"ai_gateway_request_duration_seconds_count{endpoint="embeddings",provider="up",scenario="emb",variant=""} 1"#,
         r#"ai_gateway_overhead_seconds_count{endpoint="completions",scenario="comp"} 1"#,
     ] {
         assert!(m.contains(line), "{line}\n{m}");

@@ -521,19 +521,21 @@ scenarios:
         (
             "ai_gateway_requests",
             "counter",
-            &["cache", "endpoint", "provider", "scenario", "status"],
-            r#"{"cache":"hit","endpoint":"chat","provider":"-","scenario":"chat","status":"200"}"#,
+            &[
+                "cache", "endpoint", "provider", "scenario", "status", "variant",
+            ],
+            r#"{"cache":"hit","endpoint":"chat","provider":"-","scenario":"chat","status":"200","variant":""}"#,
         ),
         (
             "ai_gateway_request_duration_seconds",
             "histogram",
-            &["endpoint", "provider", "scenario"],
+            &["endpoint", "provider", "scenario", "variant"],
             r#"{"endpoint":"chat","provider":"up","scenario":"chat"}"#,
         ),
         (
             "ai_gateway_time_to_first_token_seconds",
             "histogram",
-            &["endpoint", "provider", "scenario"],
+            &["endpoint", "provider", "scenario", "variant"],
             r#"{"endpoint":"chat","provider":"up","scenario":"chat"}"#,
         ),
         (
@@ -545,7 +547,7 @@ scenarios:
         (
             "ai_gateway_tokens",
             "counter",
-            &["endpoint", "kind", "provider", "scenario"],
+            &["endpoint", "kind", "provider", "scenario", "variant"],
             r#"{"endpoint":"chat","kind":"completion","provider":"up","scenario":"chat"}"#,
         ),
         (
@@ -589,7 +591,7 @@ scenarios:
         (
             "ai_gateway_spend_usd",
             "counter",
-            &["client", "endpoint", "provider", "scenario"],
+            &["client", "endpoint", "provider", "scenario", "variant"],
             r#"{"client":"app","endpoint":"chat","provider":"up","scenario":"chat"}"#,
         ),
         (

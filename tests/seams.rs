@@ -163,7 +163,7 @@ async fn the_shipped_config_answers_from_the_builtin_mock_without_keys() {
     let m = gw.metrics_with("scenario=\"demo\"");
     assert!(
         m.contains(
-            r#"ai_gateway_requests_total{cache="hit",endpoint="chat",provider="-",scenario="demo",status="200"} 1"#
+            r#"ai_gateway_requests_total{cache="hit",endpoint="chat",provider="-",scenario="demo",status="200",variant=""} 1"#
         ),
         "{m}"
     );

@@ -206,7 +206,7 @@ async fn a_missing_field_is_repaired_on_the_same_target_and_usage_adds_up() {
         "{m}"
     );
     assert!(
-        m.contains(r#"kind="prompt",provider="gpt",scenario="sentiment"} 22"#),
+        m.contains(r#"kind="prompt",provider="gpt",scenario="sentiment",variant=""} 22"#),
         "tokens_total counts the repair: {m}"
     );
 }

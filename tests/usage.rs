@@ -71,7 +71,7 @@ fn assert_tokens(gw: &TestGateway, scenario: &str, provider: &str, kind: &str, n
     assert_metric(
         gw,
         &format!(
-            r#"ai_gateway_tokens_total{{endpoint="chat",kind="{kind}",provider="{provider}",scenario="{scenario}"}} {n}"#
+            r#"ai_gateway_tokens_total{{endpoint="chat",kind="{kind}",provider="{provider}",scenario="{scenario}",variant=""}} {n}"#
         ),
     );
 }
@@ -114,7 +114,7 @@ async fn a_stream_without_include_usage_sees_no_usage_and_is_counted_for_real() 
     assert_tokens(&gw, "s", "up", "completion", 8);
     assert_metric(
         &gw,
-        r#"ai_gateway_spend_usd_total{client="free",endpoint="chat",provider="up",scenario="s"} 0.027"#,
+        r#"ai_gateway_spend_usd_total{client="free",endpoint="chat",provider="up",scenario="s",variant=""} 0.027"#,
     );
     assert!(!gw.metrics().contains("ai_gateway_usage_estimated_total{"));
 }
@@ -217,7 +217,7 @@ async fn cached_and_reasoning_tokens_are_counted_and_cached_ones_priced_as_such(
     // 5 uncached × $1000/M + 6 cached × $250/M + 8 completion × $2000/M.
     assert_metric(
         &gw,
-        r#"ai_gateway_spend_usd_total{client="free",endpoint="chat",provider="up",scenario="s"} 0.0225"#,
+        r#"ai_gateway_spend_usd_total{client="free",endpoint="chat",provider="up",scenario="s",variant=""} 0.0225"#,
     );
 
     // A translated answer (Dify) carries them in the client's usage.

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use raw::{
-    BudgetPeriod, DifyApp, LogFormat, OnError, ProviderType, StateBackend, Strategy,
+    BudgetPeriod, DifyApp, LogFormat, OnError, ProviderType, StateBackend, Sticky, Strategy,
     SystemPromptMode,
 };
 pub use units::Secret;
@@ -223,7 +223,7 @@ pub struct Target {
     pub retry: Retry,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Match {
     pub headers: Vec<(String, String)>,
     pub metadata: Vec<(String, serde_json::Value)>,
@@ -244,6 +244,49 @@ pub struct Scenario {
     pub fingerprint: [u8; 32],
     /// `output:`: the JSON Schema every answer is validated against.
     pub output: Option<Arc<crate::output::OutputSpec>>,
+    /// Set on a scenario with `experiment:` (its own `targets` is then empty): each request is
+    /// served by one variant's scenario.
+    pub experiment: Option<Experiment>,
+    /// On a variant's scenario: `<experiment>/<variant>`, the `x-gateway-variant` header and
+    /// the metrics' `variant` label. `None` everywhere else.
+    pub variant: Option<String>,
+}
+
+impl Scenario {
+    /// Every target the scenario may send to: its own, or every variant's. What startup and
+    /// reload (router state), readiness and the config view walk; the request path uses the
+    /// chosen variant's scenario instead.
+    pub fn all_targets(&self) -> impl Iterator<Item = &Target> {
+        let variants = self.experiment.iter().flat_map(|e| e.variants.iter());
+        self.targets
+            .iter()
+            .chain(variants.flat_map(|v| v.scenario.targets.iter()))
+    }
+}
+
+/// A scenario's `experiment:` compiled: variants in file order.
+#[derive(Debug)]
+pub struct Experiment {
+    pub name: String,
+    pub sticky: Sticky,
+    pub variants: Vec<Variant>,
+}
+
+impl Experiment {
+    /// The variant called `name`.
+    pub fn variant(&self, name: &str) -> Option<&Variant> {
+        self.variants.iter().find(|v| v.name == name)
+    }
+}
+
+#[derive(Debug)]
+pub struct Variant {
+    pub name: String,
+    /// Non-negative; the experiment's weights have a positive sum.
+    pub weight: f64,
+    /// A full scenario (the parent's name, models, matcher, cache) with the variant's targets
+    /// and strategy: after the pick, the pipeline serves it like any scenario.
+    pub scenario: Scenario,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -268,6 +311,8 @@ pub struct Client {
     pub tpm: Option<u64>,
     pub budget: Option<Budget>,
     pub max_concurrency: Option<u32>,
+    /// May force an experiment variant (`x-gateway-variant` request header).
+    pub pick_variant: bool,
 }
 
 impl Client {

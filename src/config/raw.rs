@@ -99,6 +99,8 @@ pub struct RawClient {
     pub tpm: Option<u64>,
     pub budget: Option<RawBudget>,
     pub max_concurrency: Option<u32>,
+    /// May force an experiment's variant with the `x-gateway-variant` header (QA).
+    pub pick_variant: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -243,6 +245,8 @@ pub struct RawScenario {
     pub retry: Option<RawRetry>,
     pub timeouts: Option<RawTimeouts>,
     pub output: Option<RawOutput>,
+    /// Variants with targets of their own, instead of `targets`.
+    pub experiment: Option<RawExperiment>,
 }
 
 /// A scenario's structured output: a JSON Schema (a file, or inline) its answers must match.
@@ -252,6 +256,39 @@ pub struct RawOutput {
     pub schema_file: Option<String>,
     pub schema: Option<serde_json::Value>,
     pub repair_attempts: Option<u32>,
+}
+
+/// An A/B (or A/B/n) experiment: each request goes to one variant, chosen by a stable hash.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExperiment {
+    pub name: String,
+    pub sticky: Option<Sticky>,
+    #[serde(default)]
+    pub variants: Vec<RawVariant>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVariant {
+    pub name: String,
+    pub weight: f64,
+    pub strategy: Option<Strategy>,
+    #[serde(default)]
+    pub targets: Vec<RawTarget>,
+}
+
+/// Who keeps the same variant across requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sticky {
+    /// The request's `user`, else its session, else nobody (a draw per request).
+    #[default]
+    User,
+    /// The request's session, else a draw per request.
+    Session,
+    /// A draw per request.
+    Request,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -108,6 +108,7 @@ pub fn redacted(config: &Config) -> Value {
                         super::BudgetLimit::Tokens(n) => json!({"tokens": n, "per": b.per}),
                     }),
                     "max_concurrency": c.max_concurrency,
+                    "pick_variant": c.pick_variant,
                 })
             })
             .collect::<Vec<_>>()
@@ -136,6 +137,16 @@ pub fn redacted(config: &Config) -> Value {
                     "strategy": s.strategy,
                     "targets": s.targets.iter().map(|t| target(config, t)).collect::<Vec<_>>(),
                     "cache": s.cache_ttl.map(|t| json!({"ttl": secs(t)})),
+                    "experiment": s.experiment.as_ref().map(|e| json!({
+                        "name": e.name,
+                        "sticky": e.sticky,
+                        "variants": e.variants.iter().map(|v| json!({
+                            "name": v.name,
+                            "weight": v.weight,
+                            "strategy": v.scenario.strategy,
+                            "targets": v.scenario.targets.iter().map(|t| target(config, t)).collect::<Vec<_>>(),
+                        })).collect::<Vec<_>>(),
+                    })),
                 }),
             )
         })

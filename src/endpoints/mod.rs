@@ -2,6 +2,7 @@
 //! filters, and answers — itself, from the cache, or through `forward`.
 
 pub mod chat;
+pub mod feedback;
 pub mod messages;
 pub mod models;
 pub mod pipeline;

@@ -1,16 +1,17 @@
 //! The pipeline every front door shares once a request is parsed, top to bottom: resolve the
-//! scenario → refuse what no target can serve (the operation, then the features) → reserve
-//! client limits → answer from the cache or forward to the upstreams (storing the answer when
-//! allowed) → settle the limits with what was used (the upstream's usage, else the gateway's
-//! estimate). Answers and errors are written in the client's dialect (`ctx.dialect`).
-//! Embeddings and completions take the same path: their operation rides on the request
-//! (`ChatRequest::op`).
+//! scenario (and, for an experiment, its variant, remembered for feedback) → refuse what no
+//! target can serve (the operation, then the features) → reserve client limits → answer from
+//! the cache or forward to the upstreams (storing the answer when allowed) → settle the limits
+//! with what was used (the upstream's usage, else the gateway's estimate). Answers and errors
+//! are written in the client's dialect (`ctx.dialect`). Embeddings and completions take the
+//! same path: their operation rides on the request (`ChatRequest::op`).
 
 use crate::cache::{self, Control, Lookup};
-use crate::config::{Client, Config};
+use crate::config::{Client, Config, Scenario};
 use crate::downstream::{self, CacheState, Dialect, RequestCtx};
 use crate::error::GatewayError;
-use crate::filters::{demand, scenario};
+use crate::experiments;
+use crate::filters::{demand, experiment, scenario};
 use crate::forward::{self, Job};
 use crate::limits::{self, Used};
 use crate::output;
@@ -56,6 +57,7 @@ pub(crate) async fn serve(
     )?;
     let scenario = &config.scenarios[idx];
     ctx.scenario = Some(scenario.name.clone());
+    let scenario = variant_of(session, ctx, scenario, client, &req)?;
     // Structured output: the gateway itself serves `response_format` (validating the answer),
     // so no target is skipped or refused for it.
     let expected = match req.op {
@@ -110,7 +112,24 @@ pub(crate) async fn serve(
     }
     // What reached the client: charged when the upstream reports no usage.
     ctx.delivered = Some(String::new());
-    let result = answer(shared, session, ctx, &job, client, hints, body).await;
+    // Recorded while the answer is produced, so feedback sent right after the answer finds it.
+    let record = ctx.variant.clone().map(|variant| {
+        let r = experiments::Record {
+            scenario: scenario.name.clone(),
+            variant,
+        };
+        (r, ctx.request_id.clone())
+    });
+    let remember = async {
+        if let Some((r, request_id)) = &record {
+            let client = client.map(|c| c.name.as_str());
+            experiments::remember(&shared.feedback, client, request_id, r).await;
+        }
+    };
+    let (_, result) = tokio::join!(
+        remember,
+        answer(shared, session, ctx, &job, client, hints, body)
+    );
     estimate_missing_usage(ctx, &req, admitted.as_ref().and_then(|a| a.1));
     let Some((ticket, _)) = admitted else {
         return result;
@@ -141,6 +160,35 @@ pub(crate) async fn serve(
         )
         .await;
     result
+}
+
+/// The scenario that serves the request: `scenario` itself, or for an experiment the chosen
+/// variant's (whose `<experiment>/<variant>` goes into `ctx.variant`). A forced variant
+/// (`x-gateway-variant`) from a client without `pick_variant` is refused, whatever the scenario.
+fn variant_of<'c>(
+    session: &Session,
+    ctx: &mut RequestCtx,
+    scenario: &'c Scenario,
+    client: Option<&Client>,
+    req: &ChatRequest,
+) -> Result<&'c Scenario, GatewayError> {
+    // Present but not text still counts as sent: refused, or an unknown variant.
+    let forced = session
+        .req_header()
+        .headers
+        .get(experiment::HEADER)
+        .map(|v| std::str::from_utf8(v.as_bytes()).unwrap_or_default());
+    experiment::check_forcing(client, forced)?;
+    let Some(e) = &scenario.experiment else {
+        return Ok(scenario);
+    };
+    let keys = experiment::Keys {
+        user: req.user.as_deref(),
+        session: req.session.as_deref(),
+    };
+    let variant = experiment::choose(e, keys, forced)?;
+    ctx.variant.clone_from(&variant.scenario.variant);
+    Ok(&variant.scenario)
 }
 
 /// An upstream answer without usage (an upstream that ignores `include_usage`, a stream cut

@@ -5,4 +5,5 @@
 
 pub mod auth;
 pub mod demand;
+pub mod experiment;
 pub mod scenario;

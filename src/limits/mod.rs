@@ -388,6 +388,7 @@ mod tests {
             tpm,
             budget,
             max_concurrency: Some(2),
+            pick_variant: false,
         }
     }
 

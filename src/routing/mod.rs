@@ -272,7 +272,7 @@ impl Router {
         let live: HashMap<String, String> = config
             .scenarios
             .values()
-            .flat_map(|s| s.targets.iter())
+            .flat_map(|s| s.all_targets())
             .map(|t| (target_key(t), endpoint(t)))
             .collect();
         {
@@ -289,7 +289,7 @@ impl Router {
                 keep
             });
         }
-        for t in config.scenarios.values().flat_map(|s| s.targets.iter()) {
+        for t in config.scenarios.values().flat_map(|s| s.all_targets()) {
             let s = self.state(t);
             let no_key = t.provider.missing_key();
             s.no_key.store(no_key, Ordering::Relaxed);
@@ -351,12 +351,12 @@ impl Router {
         match scenario.strategy {
             Strategy::Failover => {}
             Strategy::RoundRobin => {
-                let counter = self
-                    .round_robin
-                    .lock()
-                    .entry(scenario.name.clone())
-                    .or_default()
-                    .clone();
+                // Each experiment variant has a rotation of its own.
+                let key = match &scenario.variant {
+                    Some(v) => format!("{}\0{v}", scenario.name),
+                    None => scenario.name.clone(),
+                };
+                let counter = self.round_robin.lock().entry(key).or_default().clone();
                 let start = counter.fetch_add(1, Ordering::Relaxed) % n;
                 c.rotate_left(start);
             }
@@ -447,8 +447,15 @@ impl Router {
         })
     }
 
-    /// Whether some target of the scenario could be tried now (`/ready`).
+    /// Whether some target of the scenario could be tried now (`/ready`); for an experiment,
+    /// of every variant (each variant serves its users alone).
     pub fn has_usable_target(&self, scenario: &Scenario) -> bool {
+        if let Some(e) = &scenario.experiment {
+            return e
+                .variants
+                .iter()
+                .all(|v| self.has_usable_target(&v.scenario));
+        }
         let now = Instant::now();
         scenario.targets.iter().any(|t| {
             !t.provider.missing_key() && {

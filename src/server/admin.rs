@@ -109,3 +109,9 @@ pub async fn config_view(shared: &Shared, session: &mut Session, ctx: &mut Reque
     body["loaded_at"] = json!(state.loaded_at);
     json_answer(session, ctx, 200, body).await
 }
+
+pub async fn experiments(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx) -> Answer {
+    let state = shared.snapshot();
+    let body = shared.experiments.snapshot(&state.config);
+    json_answer(session, ctx, 200, body).await
+}

@@ -117,6 +117,7 @@ impl Gateway {
             path: routes::logged_path(path),
             client: ctx.client.as_deref(),
             scenario: ctx.scenario.as_deref(),
+            variant: ctx.variant.as_deref(),
             provider: ctx.provider.as_deref(),
             stream: ctx.stream,
             attempts: ctx.attempts,
@@ -138,6 +139,7 @@ impl Gateway {
         let m = &self.shared.metrics;
         let scenario = ctx.scenario.as_deref().unwrap_or("-");
         let provider = ctx.provider.as_deref().unwrap_or("-");
+        let variant = ctx.variant.as_deref().unwrap_or("");
         let status = ctx.status.to_string();
         m.requests_total
             .with_label_values(&[
@@ -146,28 +148,29 @@ impl Gateway {
                 provider,
                 status.as_str(),
                 ctx.cache.as_str(),
+                variant,
             ])
             .inc();
         let elapsed = ctx.started.elapsed();
         m.request_duration_seconds
-            .with_label_values(&[endpoint, scenario, provider])
+            .with_label_values(&[endpoint, scenario, provider, variant])
             .observe(elapsed.as_secs_f64());
         m.overhead_seconds
             .with_label_values(&[endpoint, scenario])
             .observe(elapsed.saturating_sub(ctx.upstream_wait).as_secs_f64());
         if let Some(ttft) = ctx.ttft {
             m.time_to_first_token_seconds
-                .with_label_values(&[endpoint, scenario, provider])
+                .with_label_values(&[endpoint, scenario, provider, variant])
                 .observe(ttft.as_secs_f64());
         }
         if let Some(n) = ctx.prompt_tokens {
             m.tokens_total
-                .with_label_values(&[endpoint, scenario, provider, "prompt"])
+                .with_label_values(&[endpoint, scenario, provider, "prompt", variant])
                 .inc_by(n);
         }
         if let Some(n) = ctx.completion_tokens {
             m.tokens_total
-                .with_label_values(&[endpoint, scenario, provider, "completion"])
+                .with_label_values(&[endpoint, scenario, provider, "completion", variant])
                 .inc_by(n);
         }
         // Parts of the two above, counted again on their own (only when there are some).
@@ -177,7 +180,7 @@ impl Gateway {
         ] {
             if let Some(n) = n.filter(|n| *n > 0) {
                 m.tokens_total
-                    .with_label_values(&[endpoint, scenario, provider, kind])
+                    .with_label_values(&[endpoint, scenario, provider, kind, variant])
                     .inc_by(n);
             }
         }
@@ -204,8 +207,22 @@ impl Gateway {
                     ctx.client.as_deref().unwrap_or("-"),
                     scenario,
                     provider,
+                    variant,
                 ])
                 .inc_by(spent);
+        }
+        if let Some(v) = &ctx.variant {
+            self.shared.experiments.record(
+                v,
+                &crate::experiments::Outcome {
+                    status: ctx.status,
+                    duration: elapsed,
+                    ttft: ctx.ttft,
+                    prompt_tokens: ctx.prompt_tokens.unwrap_or(0),
+                    completion_tokens: ctx.completion_tokens.unwrap_or(0),
+                    spend_usd: spent,
+                },
+            );
         }
     }
 }

@@ -27,6 +27,7 @@ pub enum Endpoint {
     Response,
     Models,
     Model,
+    Feedback,
     Health,
     Metrics,
     Ready,
@@ -36,6 +37,7 @@ pub enum Endpoint {
     CacheClear,
     Reload,
     ConfigView,
+    Experiments,
 }
 
 #[derive(Debug)]
@@ -124,6 +126,12 @@ pub static ROUTES: &[Route] = &[
         &["GET"],
         Endpoint::Model,
     ),
+    row(
+        Role::Api,
+        &["/v1/feedback", "/feedback"],
+        &["POST"],
+        Endpoint::Feedback,
+    ),
     row(Role::Api, &["/health"], GET, Endpoint::Health),
     row(Role::Admin, &["/metrics"], GET, Endpoint::Metrics),
     row(Role::Admin, &["/health"], GET, Endpoint::Health),
@@ -139,6 +147,12 @@ pub static ROUTES: &[Route] = &[
     ),
     row(Role::Admin, &["/admin/reload"], &["POST"], Endpoint::Reload),
     row(Role::Admin, &["/admin/config"], GET, Endpoint::ConfigView),
+    row(
+        Role::Admin,
+        &["/admin/experiments"],
+        GET,
+        Endpoint::Experiments,
+    ),
 ];
 
 /// Paths under the admin key.
@@ -250,6 +264,7 @@ pub async fn dispatch(
         Endpoint::Response => endpoints::responses::stored(shared, session, ctx, &arg).await,
         Endpoint::Models => endpoints::models::handle(shared, session, ctx).await,
         Endpoint::Model => endpoints::models::retrieve(shared, session, ctx, &arg).await,
+        Endpoint::Feedback => endpoints::feedback::handle(shared, session, ctx).await,
         Endpoint::Health => {
             downstream::write_health(session, ctx).await;
             Ok(())
@@ -262,6 +277,7 @@ pub async fn dispatch(
         Endpoint::CacheClear => admin::cache_clear(shared, session, ctx).await,
         Endpoint::Reload => admin::reload(shared, session, ctx).await,
         Endpoint::ConfigView => admin::config_view(shared, session, ctx).await,
+        Endpoint::Experiments => admin::experiments(shared, session, ctx).await,
     }
 }
 

@@ -243,8 +243,8 @@ async fn token_metrics_count_claude_usage() {
     assert_eq!(a.status, 200, "{}", a.text);
     let a = ask(&s.gw, "claude", true, user("Hello")).send().await;
     assert_eq!(a.status, 200, "{}", a.text);
-    let prompt = r#"ai_gateway_tokens_total{endpoint="chat",kind="prompt",provider="claude",scenario="claude"} 264"#;
-    let completion = r#"ai_gateway_tokens_total{endpoint="chat",kind="completion",provider="claude",scenario="claude"} 30"#;
+    let prompt = r#"ai_gateway_tokens_total{endpoint="chat",kind="prompt",provider="claude",scenario="claude",variant=""} 264"#;
+    let completion = r#"ai_gateway_tokens_total{endpoint="chat",kind="completion",provider="claude",scenario="claude",variant=""} 30"#;
     let m = s.gw.metrics_with(completion);
     let m = if m.contains(prompt) {
         m

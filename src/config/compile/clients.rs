@@ -60,6 +60,7 @@ pub(super) fn compile(
             tpm: c.tpm,
             budget,
             max_concurrency: c.max_concurrency,
+            pick_variant: c.pick_variant.unwrap_or(false),
         });
     }
     Some(out)

@@ -5,6 +5,7 @@
 //! the same collector and keeps going after a problem, so one run lists everything.
 
 mod clients;
+mod experiments;
 mod output;
 mod policies;
 mod providers;
@@ -337,7 +338,7 @@ scenarios:
             .scenarios
             .values()
             .filter(|s| s.name != "demo")
-            .all(|s| s.targets.iter().all(|t| t.provider.type_name() != "mock")));
+            .all(|s| s.all_targets().all(|t| t.provider.type_name() != "mock")));
         assert_eq!(cfg.scenarios[0].targets[0].provider.name, "dify-chat");
         assert_eq!(cfg.scenarios[0].targets[1].provider.name, "openai");
         assert!(cfg.scenarios[0].targets[1].system_prompt.is_some());

@@ -3,7 +3,7 @@
 //! `default_scenario`.
 
 use super::policies::{self, Policies};
-use super::{add_template, Ctx};
+use super::{add_template, experiments, Ctx};
 use crate::config::raw::{RawConfig, RawMatch, RawProvider, RawScenario, RawTarget};
 use crate::config::{Cost, Match, Provider, ProviderKind, Scenario, Strategy, Target};
 use crate::protocol::{Feature, Features};
@@ -34,10 +34,23 @@ pub(super) fn compile(
     }
     let mut models = Models::new(raw);
     let mut scenarios = IndexMap::new();
+    // Experiment name → its scenario: an experiment's assignment and stats go by its name.
+    let mut experiments: HashMap<String, String> = HashMap::new();
     for (idx, (name, s)) in raw.iter().enumerate() {
         let key = format!("scenarios.{name}");
         let aliases = models.add(cx, &key, name, idx, s.models.iter().flatten());
         let scenario = scenario(cx, &key, name, s, aliases, scope, templates);
+        if let Some(e) = &scenario.experiment {
+            if let Some(other) = experiments.insert(e.name.clone(), name.clone()) {
+                cx.error(
+                    format!("{key}.experiment.name"),
+                    format!(
+                        "experiment {:?} is already used by scenario {other:?}",
+                        e.name
+                    ),
+                );
+            }
+        }
         scenarios.insert(name.clone(), scenario);
     }
     (scenarios, models.index)
@@ -104,27 +117,15 @@ fn scenario(
     templates: &mut minijinja::Environment<'static>,
 ) -> Scenario {
     let strategy = s.strategy.unwrap_or_default();
-    if s.targets.is_empty() {
-        cx.error(format!("{key}.targets"), "at least one target is required");
-    }
-    let mut targets = Vec::new();
-    for (ti, t) in s.targets.iter().enumerate() {
-        let tkey = format!("{key}.targets[{ti}]");
-        if let Some(target) = target(cx, &tkey, t, s, scope, templates) {
-            targets.push(target);
+    let targets = match &s.experiment {
+        Some(_) if !s.targets.is_empty() => {
+            cx.error(key, "set `targets` or `experiment`, not both");
+            Vec::new()
         }
-    }
-    match strategy {
-        Strategy::Weighted if s.targets.iter().any(|t| t.weight.is_none()) => cx.error(
-            format!("{key}.strategy"),
-            "weighted needs a `weight` on every target",
-        ),
-        Strategy::Cost if s.targets.iter().any(|t| t.cost.is_none()) => cx.error(
-            format!("{key}.strategy"),
-            "cost needs a `cost: {input, output}` on every target",
-        ),
-        _ => {}
-    }
+        // The variants have the targets.
+        Some(_) => Vec::new(),
+        None => targets(cx, key, &s.targets, strategy, s, scope, templates),
+    };
     if let Some(t) = &s.timeouts {
         let effective = Policies {
             timeouts: policies::timeouts(&scope.base.timeouts, Some(t)),
@@ -149,13 +150,9 @@ fn scenario(
         .and_then(|o| super::output::compile(cx, key, name, o, scope.base_dir));
     let mut fingerprint = fingerprint(&targets, templates);
     if let Some(o) = &output {
-        use sha2::{Digest, Sha256};
-        let mut h = Sha256::new();
-        h.update(fingerprint);
-        h.update(o.schema.json.to_string().as_bytes());
-        fingerprint = h.finalize().into();
+        fingerprint = with_output(fingerprint, o);
     }
-    Scenario {
+    let mut scenario = Scenario {
         name: name.to_owned(),
         models: aliases,
         matcher,
@@ -164,7 +161,50 @@ fn scenario(
         cache_ttl: s.cache.as_ref().map(|c| c.ttl.0),
         fingerprint,
         output,
+        experiment: None,
+        variant: None,
+    };
+    if let Some(raw) = &s.experiment {
+        let experiment = experiments::compile(cx, key, raw, s, &scenario, scope, templates);
+        scenario.fingerprint = experiments::fingerprint_of(&experiment);
+        scenario.experiment = Some(experiment);
     }
+    scenario
+}
+
+/// A target list (a scenario's or an experiment variant's, under `key`) and the requirements
+/// of its strategy.
+pub(super) fn targets(
+    cx: &mut Ctx,
+    key: &str,
+    raw: &[RawTarget],
+    strategy: Strategy,
+    s: &RawScenario,
+    scope: &Scope<'_>,
+    templates: &mut minijinja::Environment<'static>,
+) -> Vec<Target> {
+    if raw.is_empty() {
+        cx.error(format!("{key}.targets"), "at least one target is required");
+    }
+    let mut targets = Vec::new();
+    for (ti, t) in raw.iter().enumerate() {
+        let tkey = format!("{key}.targets[{ti}]");
+        if let Some(target) = target(cx, &tkey, t, s, scope, templates) {
+            targets.push(target);
+        }
+    }
+    match strategy {
+        Strategy::Weighted if raw.iter().any(|t| t.weight.is_none()) => cx.error(
+            format!("{key}.strategy"),
+            "weighted needs a `weight` on every target",
+        ),
+        Strategy::Cost if raw.iter().any(|t| t.cost.is_none()) => cx.error(
+            format!("{key}.strategy"),
+            "cost needs a `cost: {input, output}` on every target",
+        ),
+        _ => {}
+    }
+    targets
 }
 
 fn matcher(cx: &mut Ctx, key: &str, m: &RawMatch) -> Match {
@@ -340,7 +380,10 @@ fn system_prompt(cx: &mut Ctx, tkey: &str, t: &RawTarget, base_dir: &Path) -> Op
 
 /// Hashes what shapes a scenario's answers: each target's upstream (type, URL, app settings),
 /// model, prompt and input template sources, and params. Keys are not part of it.
-fn fingerprint(targets: &[Target], templates: &minijinja::Environment<'static>) -> [u8; 32] {
+pub(super) fn fingerprint(
+    targets: &[Target],
+    templates: &minijinja::Environment<'static>,
+) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let source = |name: &str| {
         templates
@@ -399,6 +442,15 @@ pub(super) fn default_scenario(
             index
         }
     }
+}
+
+/// A fingerprint that also covers the output schema: a schema change misses the cache.
+pub(super) fn with_output(fingerprint: [u8; 32], output: &crate::output::OutputSpec) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(fingerprint);
+    h.update(output.schema.json.to_string().as_bytes());
+    h.finalize().into()
 }
 
 #[cfg(test)]
