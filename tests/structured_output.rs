@@ -59,7 +59,9 @@ scenarios:
   sentiment_failover:
     output: {{ schema_file: schemas/sentiment.json, repair_attempts: 1 }}
     strategy: failover
-    targets: [{{ provider: gpt, model: first }}, {{ provider: gpt-b, model: second }}]
+    targets:
+      - {{ provider: gpt, model: first, cost: {{ input: 1, output: 0 }} }}
+      - {{ provider: gpt-b, model: second, cost: {{ input: 2, output: 0 }} }}
   validate_only:
     output:
       repair_attempts: 0
@@ -287,6 +289,19 @@ async fn a_target_that_stays_invalid_fails_over_to_the_next() {
         ),
         "{m}"
     );
+    // Spend prices every answer at its own target: 2 × 11 prompt tokens at $1/M on the first,
+    // 11 at $2/M on the second.
+    let spent: f64 = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                r#"ai_gateway_spend_usd_total{client="app",endpoint="chat",provider="gpt-b",scenario="sentiment_failover",variant=""} "#,
+            )
+        })
+        .unwrap_or_else(|| panic!("no spend: {m}"))
+        .parse()
+        .unwrap();
+    assert!((spent - 44e-6).abs() < 1e-12, "{spent}");
     // The first target answered both times: an attempt that worked, not a failure that
     // counts for its breaker.
     assert!(

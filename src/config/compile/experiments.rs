@@ -7,8 +7,9 @@ use super::scenarios::{self, Scope};
 use super::Ctx;
 use crate::config::raw::{RawExperiment, RawScenario};
 use crate::config::{Experiment, Scenario, Strategy, Target, Variant};
+use indexmap::IndexMap;
 use sha2::{Digest, Sha256};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// Names that travel in a header (`x-gateway-variant: <experiment>/<variant>`) and a metric
 /// label: short, and without `/`, spaces or anything that needs escaping.
@@ -22,8 +23,39 @@ fn valid_name(name: &str) -> bool {
 
 const NAME_RULE: &str = "must be 1 to 64 characters of A-Z a-z 0-9 _ . -";
 
+/// Gives every scenario with `experiment:` its compiled experiment (and the fingerprint of its
+/// variants).
+pub(super) fn attach(
+    cx: &mut Ctx,
+    raw: &IndexMap<String, RawScenario>,
+    scenarios: &mut IndexMap<String, Scenario>,
+    scope: &Scope<'_>,
+    templates: &mut minijinja::Environment<'static>,
+) {
+    // Experiment name → its scenario: an experiment's assignment and stats go by its name.
+    let mut owners: HashMap<&str, &str> = HashMap::new();
+    for (name, s) in raw {
+        let (Some(e), Some(parent)) = (&s.experiment, scenarios.get_mut(name)) else {
+            continue;
+        };
+        let key = format!("scenarios.{name}");
+        if let Some(other) = owners.insert(&e.name, name) {
+            cx.error(
+                format!("{key}.experiment.name"),
+                format!(
+                    "experiment {:?} is already used by scenario {other:?}",
+                    e.name
+                ),
+            );
+        }
+        let experiment = compile(cx, &key, e, s, parent, scope, templates);
+        parent.fingerprint = fingerprint_of(&experiment);
+        parent.experiment = Some(experiment);
+    }
+}
+
 /// The experiment of scenario `parent` (already compiled, without targets), under `key`.
-pub(super) fn compile(
+fn compile(
     cx: &mut Ctx,
     key: &str,
     raw: &RawExperiment,

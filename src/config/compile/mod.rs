@@ -8,6 +8,7 @@ mod clients;
 mod experiments;
 mod output;
 mod policies;
+mod privacy;
 mod providers;
 mod scenarios;
 pub mod state;
@@ -221,13 +222,32 @@ fn build(raw: RawConfig, path: &Path, base_dir: &Path, cx: &mut Ctx) -> Config {
 
     let base = policies::defaults(cx, &raw.defaults);
     let providers = providers::compile(cx, &raw.providers, &base, &mut templates);
+    let privacy_defaults = raw
+        .defaults
+        .privacy
+        .as_ref()
+        .and_then(|v| privacy::parse(Some(&mut *cx), "defaults.privacy", v));
+    let mut provider_privacy = std::collections::HashMap::new();
+    for (name, p) in &raw.providers {
+        let key = format!("providers.{name}.privacy");
+        if let Some(level) = p
+            .privacy
+            .as_ref()
+            .and_then(|v| privacy::parse(Some(&mut *cx), &key, v))
+        {
+            provider_privacy.insert(name.clone(), level);
+        }
+    }
     let scope = scenarios::Scope {
         providers: &providers,
         raw_providers: &raw.providers,
         base: &base,
         base_dir,
+        privacy_defaults,
+        provider_privacy: &provider_privacy,
     };
-    let (scenarios, models) = scenarios::compile(cx, &raw.scenarios, &scope, &mut templates);
+    let (mut scenarios, models) = scenarios::compile(cx, &raw.scenarios, &scope, &mut templates);
+    experiments::attach(cx, &raw.scenarios, &mut scenarios, &scope, &mut templates);
     let default_scenario = scenarios::default_scenario(cx, &raw, &scenarios);
     let clients = clients::compile(cx, raw.clients.as_deref(), &raw.scenarios);
     clients::check_matchers(cx, &raw.scenarios, raw.clients.as_deref());

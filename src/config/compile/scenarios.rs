@@ -3,7 +3,7 @@
 //! `default_scenario`.
 
 use super::policies::{self, Policies};
-use super::{add_template, experiments, Ctx};
+use super::{add_template, privacy, Ctx};
 use crate::config::raw::{RawConfig, RawMatch, RawProvider, RawScenario, RawTarget};
 use crate::config::{Cost, Match, Provider, ProviderKind, Scenario, Strategy, Target};
 use crate::protocol::{Feature, Features};
@@ -20,6 +20,9 @@ pub(super) struct Scope<'a> {
     pub base: &'a Policies,
     /// Where `system_prompt_file` paths are relative to.
     pub base_dir: &'a Path,
+    /// `defaults.privacy` and each provider's `privacy`, read once.
+    pub privacy_defaults: Option<privacy::Level>,
+    pub provider_privacy: &'a HashMap<String, privacy::Level>,
 }
 
 /// The scenarios in file order, and every scenario name and alias → its index.
@@ -34,23 +37,10 @@ pub(super) fn compile(
     }
     let mut models = Models::new(raw);
     let mut scenarios = IndexMap::new();
-    // Experiment name → its scenario: an experiment's assignment and stats go by its name.
-    let mut experiments: HashMap<String, String> = HashMap::new();
     for (idx, (name, s)) in raw.iter().enumerate() {
         let key = format!("scenarios.{name}");
         let aliases = models.add(cx, &key, name, idx, s.models.iter().flatten());
         let scenario = scenario(cx, &key, name, s, aliases, scope, templates);
-        if let Some(e) = &scenario.experiment {
-            if let Some(other) = experiments.insert(e.name.clone(), name.clone()) {
-                cx.error(
-                    format!("{key}.experiment.name"),
-                    format!(
-                        "experiment {:?} is already used by scenario {other:?}",
-                        e.name
-                    ),
-                );
-            }
-        }
         scenarios.insert(name.clone(), scenario);
     }
     (scenarios, models.index)
@@ -136,6 +126,10 @@ fn scenario(
         policies::check(cx, key, &effective);
     }
     let matcher = s.matcher.as_ref().map(|m| matcher(cx, key, m));
+    // Checked once here; each target reads it again quietly.
+    if let Some(v) = &s.privacy {
+        privacy::parse(Some(cx), &format!("{key}.privacy"), v);
+    }
     if let Some(c) = &s.cache {
         if c.ttl.0.is_zero() {
             cx.error(
@@ -152,7 +146,9 @@ fn scenario(
     if let Some(o) = &output {
         fingerprint = with_output(fingerprint, o);
     }
-    let mut scenario = Scenario {
+    // An `experiment:` is attached afterwards (`experiments::attach`): its variants are made
+    // from this scenario.
+    Scenario {
         name: name.to_owned(),
         models: aliases,
         matcher,
@@ -163,13 +159,7 @@ fn scenario(
         output,
         experiment: None,
         variant: None,
-    };
-    if let Some(raw) = &s.experiment {
-        let experiment = experiments::compile(cx, key, raw, s, &scenario, scope, templates);
-        scenario.fingerprint = experiments::fingerprint_of(&experiment);
-        scenario.experiment = Some(experiment);
     }
-    scenario
 }
 
 /// A target list (a scenario's or an experiment variant's, under `key`) and the requirements
@@ -251,6 +241,14 @@ fn target(
         return None;
     };
     let model = model(cx, tkey, t, &provider);
+    let privacy = privacy::resolve(&[
+        t.privacy
+            .as_ref()
+            .and_then(|v| privacy::parse(Some(cx), &format!("{tkey}.privacy"), v)),
+        scope.provider_privacy.get(&t.provider).copied(),
+        s.privacy.as_ref().and_then(|v| privacy::parse(None, "", v)),
+        scope.privacy_defaults,
+    ]);
     if t.weight == Some(0) {
         cx.error(format!("{tkey}.weight"), "must be at least 1");
     }
@@ -291,6 +289,7 @@ fn target(
         );
     }
     Some(Target {
+        privacy,
         timeouts: policies::timeouts(&provider.timeouts, s.timeouts.as_ref()),
         retry: policies::retry(&provider.retry, s.retry.as_ref()),
         provider,
