@@ -68,6 +68,9 @@ scenarios:
     targets: [{ provider: claude, model: bench-model }] # builtin
   bench-embed: # builtin
     targets: [{ provider: mock, model: bench-embed }] # builtin
+  bench-private: # builtin
+    privacy: { action: pseudonymize } # builtin
+    targets: [{ provider: mock, model: bench-model }] # builtin
   bench-json: # builtin
     output: { schema: { type: object, required: [label, score] } } # builtin
     targets: [{ provider: mock, model: bench-model }] # builtin
@@ -130,6 +133,9 @@ for port in $ports; do
 done
 sleep 0.5
 
+prompt4k() { # model: a ~4 KB Chinese chat request with one phone number in it
+  python3 -c 'import json,sys; t="客户咨询了双眼皮手术的恢复期和费用，预算大约一万元，希望下个月安排面诊。"*37+"联系电话13800138000。"; print(json.dumps({"model":sys.argv[1],"messages":[{"role":"user","content":t}]},ensure_ascii=False))' "$1"
+}
 measure() { # name url conns
   wrk -t1 -c"$3" -d"${SECS}s" -s bench/post.lua "$2" 2>/dev/null | sed -n "s/^RESULT /$1 c=$3 /p"
 }
@@ -165,6 +171,15 @@ measure() { # name url conns
       # scenario's schema, then written (the mock answers valid JSON: no repair).
       BENCH_BODY='{"model":"bench-json","messages":[{"role":"user","content":"Say hello"}]}' \
         measure validated "http://127.0.0.1:$GW_PORT/v1/chat/completions" "$conns"
+    done
+    # Privacy: a 4 KB Chinese prompt with a phone number, through a scenario that pseudonymizes
+    # it (detected, rewritten, the answer decoded to restore it) next to the same prompt
+    # relayed as it is.
+    for conns in 1 "$CONC"; do
+      for name in plain4k private private plain4k; do
+        model=bench; [ "$name" = private ] && model=bench-private
+        BENCH_BODY=$(prompt4k "$model") measure "$name" "http://127.0.0.1:$GW_PORT/v1/chat/completions" "$conns"
+      done
     done
     # The same priced scenario from a client without limits and from one with RPM, TPM and a
     # budget: the difference is the limiter's cost.

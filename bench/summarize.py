@@ -16,7 +16,7 @@ for line in open(log):
 def med(key, i):
     return statistics.median(r[i] for r in rows[key])
 
-order = ["direct", "floor", "gateway", "before", "logged", "nginx", "dify", "claude", "messages", "responses", "validated", "builtin", "embeddings", "nginxemb", "cached", "rcached", "unlimited", "limited", "rlimited", "abnew", "abold"]
+order = ["direct", "floor", "gateway", "before", "logged", "nginx", "dify", "claude", "messages", "responses", "validated", "plain4k", "private", "builtin", "embeddings", "nginxemb", "cached", "rcached", "unlimited", "limited", "rlimited", "abnew", "abold"]
 names = sorted({k[0] for k in rows}, key=lambda n: order.index(n) if n in order else 9)
 print(f"\n{'path':8} {'c=1 p50':>9} {'c=1 p99':>9} {'added p50':>10} {'added p99':>10} {'c=' + conc + ' rps':>10} {'rps ratio':>9} {'errors':>6}")
 for n in names:
@@ -45,6 +45,11 @@ if ("validated", int(conc)) in rows:
     ratio = med(("validated", int(conc)), 2) / med(("gateway", int(conc)), 2)
     print(f"structured output (validated) max RPS / chat -> OpenAI mock max RPS: {ratio:.2f}; "
           f"c=1 p50 {med(('validated', 1), 0)}us vs {med(('gateway', 1), 0)}us")
+
+if ("private", 1) in rows:
+    print(f"privacy (pseudonymize) on a 4 KB Chinese prompt at c=1: p50 {med(('private', 1), 0)}us vs the same prompt "
+          f"without privacy {med(('plain4k', 1), 0)}us (added {med(('private', 1), 0) - med(('plain4k', 1), 0)}us); "
+          f"max RPS {med(('private', int(conc)), 2):.0f} vs {med(('plain4k', int(conc)), 2):.0f}")
 
 if ("cached", 1) in rows:
     floor = ""

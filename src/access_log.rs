@@ -27,6 +27,8 @@ pub struct Entry<'a> {
     pub scenario: Option<&'a str>,
     /// `<experiment>/<variant>` of an experiment request.
     pub variant: Option<&'a str>,
+    /// Personal data found (privacy): `kind:count,…`, never values.
+    pub pii: Option<&'a str>,
     pub provider: Option<&'a str>,
     pub stream: Option<bool>,
     pub attempts: u32,
@@ -80,6 +82,7 @@ impl Entry<'_> {
                 field_str(out, "client", self.client);
                 field_str(out, "scenario", self.scenario);
                 field_str(out, "variant", self.variant);
+                field_str(out, "pii", self.pii);
                 field_str(out, "provider", self.provider);
                 field_raw(out, "stream", self.stream.map(|s| s.to_string()));
                 field_raw(out, "attempts", Some(self.attempts.to_string()));
@@ -108,7 +111,7 @@ impl Entry<'_> {
                 let num = |v: Option<u64>| v.map_or("-".into(), |n| n.to_string());
                 let _ = write!(
                     out,
-                    "{ts} access request_id={} method={} path={} client={} scenario={} variant={} provider={} stream={} attempts={} status={} cache={} error={} ttft_ms={} duration_ms={} overhead_ms={} prompt_tokens={} completion_tokens={} dropped={}",
+                    "{ts} access request_id={} method={} path={} client={} scenario={} variant={} provider={} stream={} attempts={} status={} cache={} error={} ttft_ms={} duration_ms={} overhead_ms={} prompt_tokens={} completion_tokens={} dropped={} pii={}",
                     self.request_id,
                     self.method,
                     self.path,
@@ -131,6 +134,7 @@ impl Entry<'_> {
                     } else {
                         self.dropped.to_string()
                     },
+                    opt(self.pii),
                 );
             }
         }

@@ -102,6 +102,11 @@ pub struct RequestCtx {
     /// Set while a validated answer is collected: the relay's complete body lands here
     /// instead of going to the client, who gets it only once it is checked.
     pub held: Option<Option<Bytes>>,
+    /// Set for an attempt whose target got pseudonymized data: the placeholders the answer is
+    /// restored from.
+    pub restore: Option<std::sync::Arc<crate::privacy::Mapping>>,
+    /// Personal data found in the request, as `kind:count,…` (access log; never values).
+    pub pii: Option<String>,
 }
 
 impl RequestCtx {
@@ -136,6 +141,8 @@ impl RequestCtx {
             error: None,
             drain: None,
             held: None,
+            restore: None,
+            pii: None,
             inflight: None,
         }
     }

@@ -18,6 +18,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod output;
+pub mod privacy;
 pub mod protocol;
 pub mod providers;
 pub mod reload;

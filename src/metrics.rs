@@ -31,6 +31,7 @@ pub struct Metrics {
     pub upstream_attempts_total: IntCounterVec,
     pub fallbacks_total: IntCounterVec,
     pub output_validations_total: IntCounterVec,
+    pub pii_detections_total: IntCounterVec,
     pub circuit_state: IntGaugeVec,
     pub inflight_requests: IntGaugeVec,
     pub cache_lookups_total: IntCounterVec,
@@ -103,6 +104,12 @@ impl Metrics {
             "Validated (structured output) requests by result: valid at the first answer, \
              repaired (valid after an invalid answer), invalid (no valid answer).",
             &["scenario", "result"],
+        )?;
+        let pii_detections_total = counter(
+            "pii_detections_total",
+            "Personal data found in requests to targets with privacy, by kind and by what was \
+             done with it (pseudonymize, mask, block). Never the values.",
+            &["scenario", "kind", "action"],
         )?;
         let cache_lookups_total = counter(
             "cache_lookups_total",
@@ -215,6 +222,7 @@ impl Metrics {
             upstream_attempts_total,
             fallbacks_total,
             output_validations_total,
+            pii_detections_total,
             circuit_state,
             inflight_requests,
             cache_lookups_total,

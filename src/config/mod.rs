@@ -221,6 +221,8 @@ pub struct Target {
     /// Effective timeouts: scenario override over provider over defaults.
     pub timeouts: Timeouts,
     pub retry: Retry,
+    /// Effective patient privacy: target over provider over scenario over defaults.
+    pub privacy: Option<crate::privacy::Privacy>,
 }
 
 #[derive(Debug, Default, Clone)]

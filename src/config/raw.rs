@@ -156,6 +156,8 @@ pub struct RawDefaults {
     #[serde(default)]
     pub breaker: RawBreaker,
     pub max_concurrency: Option<u32>,
+    /// Patient privacy for every target (`off`, or `{detect, action}`).
+    pub privacy: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -218,6 +220,9 @@ pub struct RawProvider {
     pub retry_after: Option<Dur>,
     /// A stream ends after this many content chunks, with no finish reason and no `[DONE]`.
     pub cut_after: Option<usize>,
+    // Every type.
+    /// Patient privacy for this provider's targets (`off`, or `{detect, action}`).
+    pub privacy: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
@@ -245,6 +250,7 @@ pub struct RawScenario {
     pub retry: Option<RawRetry>,
     pub timeouts: Option<RawTimeouts>,
     pub output: Option<RawOutput>,
+    pub privacy: Option<serde_json::Value>,
     /// Variants with targets of their own, instead of `targets`.
     pub experiment: Option<RawExperiment>,
 }
@@ -329,6 +335,7 @@ pub struct RawTarget {
     pub inputs: Option<IndexMap<String, String>>,
     pub system_prompt_mode: Option<SystemPromptMode>,
     pub accept_unsupported: Option<Vec<String>>,
+    pub privacy: Option<serde_json::Value>,
 }
 
 /// How a target's `system_prompt` meets the client's own system messages.

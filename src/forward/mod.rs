@@ -17,6 +17,7 @@ mod attempt;
 mod encode;
 pub mod failure;
 mod passthrough;
+mod privacy;
 mod relay;
 mod translated;
 mod validated;
@@ -77,6 +78,11 @@ pub async fn serve(
     // Candidates already counted as unsupported (a lone candidate is visited more than once).
     let mut unsupported = 0u64;
     let mut tally = validated::Tally::default();
+    let mut private = privacy::Private::new(
+        job.req,
+        crate::downstream::header(session, "x-gateway-pii-names"),
+        ctx.client.as_deref(),
+    );
     for idx in order {
         if made == cap {
             break;
@@ -98,6 +104,25 @@ pub async fn serve(
                 }
                 continue;
             }
+        };
+        let req = match private
+            .prepare(shared, &scenario.name, ctx, c.target.privacy)
+            .await
+        {
+            privacy::Prepared::Plain => job.req,
+            privacy::Prepared::Rewritten(req) => req,
+            privacy::Prepared::Blocked => {
+                // Not an attempt: this target may not receive the request's personal data.
+                failure::record(shared, &c.target.provider.name, Outcome::Unsupported);
+                continue;
+            }
+        };
+        let job = &Job {
+            config: job.config,
+            scenario: job.scenario,
+            req,
+            vars: job.vars,
+            output: job.output,
         };
         let mut guard = match router.admit(c, Instant::now()) {
             Ok(g) => g,
@@ -149,12 +174,7 @@ pub async fn serve(
             }
             None => {
                 let mut call = provider.build(&cx, c.target, job.req).await?;
-                if ctx.dialect != Dialect::OpenAi && call.decoder.is_none() {
-                    // An OpenAI-shaped answer for a client of another dialect is decoded and
-                    // re-encoded.
-                    call.decoder =
-                        Some(Decoder::OpenAi(OpenAiStream::new(&c.target.provider.name)));
-                }
+                decode_if_needed(ctx, &mut call, &c.target.provider.name);
                 if let Some(c) = &mut ctx.capture {
                     c.reset();
                 }
@@ -205,6 +225,9 @@ pub async fn serve(
     if let Some(e) = last {
         return Err(e);
     }
+    if let (0, Some(report)) = (made, &private.blocked) {
+        return Err(report.blocked(&scenario.name));
+    }
     if made == 0 && skips.is_empty() {
         // Every usable target was skipped as unsupported: those that could serve the request
         // have no key (`check_features` let it through for them).
@@ -219,6 +242,14 @@ pub async fn serve(
         )));
     }
     Err(unavailable(scenario, &skips))
+}
+
+/// An OpenAI-shaped answer is decoded and re-encoded, rather than relayed as it is, for a
+/// client of another dialect and for an answer whose placeholders are to be restored.
+fn decode_if_needed(ctx: &RequestCtx, call: &mut providers::UpstreamCall, provider: &str) {
+    if call.decoder.is_none() && (ctx.dialect != Dialect::OpenAi || ctx.restore.is_some()) {
+        call.decoder = Some(Decoder::OpenAi(OpenAiStream::new(provider)));
+    }
 }
 
 /// Whether `target` can serve a request using `needs`: `Ok` with the features it drops to do

@@ -12,6 +12,7 @@ use super::Job;
 use crate::conversations::ConversationStore;
 use crate::downstream::{self, Dialect, RequestCtx};
 use crate::error::{sanitize, GatewayError};
+use crate::privacy::restore::AnswerRestorer;
 use crate::protocol::chunks::{ToolCallPiece, Usage};
 use crate::protocol::sse::SseParser;
 use crate::protocol::Answer;
@@ -67,6 +68,8 @@ struct Out<'a> {
     uncacheable: bool,
     pending: BytesMut,
     ctx: &'a mut RequestCtx,
+    /// Placeholders back to their values (privacy: pseudonymize), as the answer arrives.
+    restore: Option<AnswerRestorer>,
 }
 
 impl Out<'_> {
@@ -137,6 +140,7 @@ pub async fn relay(
         overflow: false,
         uncacheable: false,
         pending: BytesMut::new(),
+        restore: ctx.restore.clone().map(AnswerRestorer::new),
         ctx,
     };
     let mut header: Option<ResponseHeader> = None;
@@ -397,6 +401,10 @@ async fn on_event(
         }
         other => other,
     };
+    let Some(item) = restored(out, item) else {
+        // Held back: it may be the start of a placeholder.
+        return Ok(false);
+    };
     if !*started {
         *started = true;
         a.established(out.ctx);
@@ -455,6 +463,60 @@ async fn on_event(
     Ok(false)
 }
 
+/// `item` with its placeholders restored; `None` when all of its text is held back.
+fn restored(out: &mut Out<'_>, item: Event) -> Option<Event> {
+    let Some(r) = &mut out.restore else {
+        return Some(item);
+    };
+    let item = match item {
+        Event::Text(t) => Event::Text(r.text.push(&t)),
+        Event::Reasoning(t) => Event::Reasoning(r.reasoning.push(&t)),
+        Event::ToolCall(mut piece) => {
+            piece.arguments = r.tool(piece.index, &piece.arguments);
+            return Some(Event::ToolCall(piece));
+        }
+        other => return Some(other),
+    };
+    match &item {
+        Event::Text(t) | Event::Reasoning(t) if t.is_empty() => None,
+        _ => Some(item),
+    }
+}
+
+/// What the restorers still hold when the answer ends (a placeholder never completed),
+/// written before the end like any text.
+fn flush_restored(out: &mut Out<'_>) {
+    let Some(r) = &mut out.restore else {
+        return;
+    };
+    let (text, reasoning, tools) = (r.text.finish(), r.reasoning.finish(), r.finish_tools());
+    if !reasoning.is_empty() {
+        if out.client_stream {
+            out.enc.reasoning(&reasoning, &mut out.pending);
+        }
+        out.keep(&reasoning, true);
+    }
+    if !text.is_empty() {
+        if out.client_stream {
+            out.enc.text(&text, &mut out.pending);
+        }
+        out.keep(&text, false);
+    }
+    for (index, arguments) in tools {
+        let piece = ToolCallPiece {
+            index,
+            id: None,
+            name: None,
+            arguments,
+        };
+        if out.client_stream {
+            out.enc.tool_call(&piece, &mut out.pending);
+        } else {
+            ToolCallPiece::join(&mut out.tool_calls, &piece);
+        }
+    }
+}
+
 /// The terminal event: usage, the provider's hook, the cache, and the answer's last bytes.
 async fn finish(
     a: &mut Attempt<'_>,
@@ -464,6 +526,7 @@ async fn finish(
     reason: &'static str,
     usage: Usage,
 ) -> Result<(), Stop> {
+    flush_restored(out);
     if out.overflow && !out.client_stream {
         up.shutdown().await;
         return Err(Stop::Return(fail(GatewayError::UpstreamError(format!(

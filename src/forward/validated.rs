@@ -149,13 +149,14 @@ pub async fn run(
             vars: job.vars,
             output: job.output,
         };
-        let call = provider
+        let mut call = provider
             .build(cx, target, &req)
             .await
             .map_err(|e| Failure {
                 error: Box::new(e),
                 failover: Failover::Final,
             })?;
+        super::decode_if_needed(ctx, &mut call, &target.provider.name);
         let held = collect(
             shared, session, ctx, &sub, target, provider, call, guard, tally,
         )

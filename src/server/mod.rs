@@ -118,6 +118,7 @@ impl Gateway {
             client: ctx.client.as_deref(),
             scenario: ctx.scenario.as_deref(),
             variant: ctx.variant.as_deref(),
+            pii: ctx.pii.as_deref(),
             provider: ctx.provider.as_deref(),
             stream: ctx.stream,
             attempts: ctx.attempts,
