@@ -343,14 +343,25 @@ async fn tool_call_arguments_dify_queries_and_cached_answers() {
                 .unwrap()
                 .to_owned()
         };
-        assert_eq!(args, format!(r#"{{"phone":"{PHONE}"}}"#), "stream {stream}: {text}");
+        assert_eq!(
+            args,
+            format!(r#"{{"phone":"{PHONE}"}}"#),
+            "stream {stream}: {text}"
+        );
     }
     s.gpt.set(|k| k.tool_call = None);
 
     // A Dify app gets the placeholders in its query.
-    let (status, body) = ask(&s.gw.api, turn("dify_private", &format!("{NAME}的电话{PHONE}"))).await;
+    let (status, body) = ask(
+        &s.gw.api,
+        turn("dify_private", &format!("{NAME}的电话{PHONE}")),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
-    let query = s.dify.calls().last().unwrap().body["query"].as_str().unwrap().to_owned();
+    let query = s.dify.calls().last().unwrap().body["query"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(query.contains("[NAME_1]的电话[PHONE_1]"), "{query}");
     assert!(!query.contains(PHONE), "{query}");
 

@@ -81,7 +81,6 @@ pub async fn serve(
     let mut private = privacy::Private::new(
         job.req,
         crate::downstream::header(session, "x-gateway-pii-names"),
-        ctx.client.as_deref(),
     );
     for idx in order {
         if made == cap {

@@ -23,9 +23,12 @@ pub enum Prepared<'a> {
     Blocked,
 }
 
-/// The privacy state of one request.
+/// The privacy state of one request. Nothing is computed (or allocated) until a target with
+/// `privacy:` is tried.
 pub struct Private<'r> {
     req: &'r ChatRequest,
+    /// The client's `x-gateway-pii-names` header.
+    names_header: Option<String>,
     names: Vec<String>,
     mapping: Mapping,
     /// Where the conversation's placeholders live: a session's, else none (this request's).
@@ -39,30 +42,40 @@ pub struct Private<'r> {
 }
 
 impl<'r> Private<'r> {
-    /// `names_header`: the client's `x-gateway-pii-names`.
-    pub fn new(req: &'r ChatRequest, names_header: Option<&str>, client: Option<&str>) -> Self {
-        let names = privacy::names(&req.user_profile, names_header)
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
-        let key = req.session.as_ref().map(|s| ConversationKey {
-            target: "privacy".into(),
-            user: format!(
-                "{}/{}",
-                client.unwrap_or("-"),
-                req.user.as_deref().unwrap_or("-")
-            ),
-            session: s.clone(),
-        });
+    pub fn new(req: &'r ChatRequest, names_header: Option<&str>) -> Self {
         Private {
             req,
-            names,
+            names_header: names_header.map(str::to_owned),
+            names: Vec::new(),
             mapping: Mapping::default(),
-            key,
+            key: None,
             loaded: false,
             rewritten: Vec::new(),
             checked: Vec::new(),
             blocked: None,
+        }
+    }
+
+    /// The names to look for and the conversation's placeholders, on first use.
+    async fn load(&mut self, shared: &Shared, client: Option<&str>) {
+        self.loaded = true;
+        self.names = privacy::names(&self.req.user_profile, self.names_header.as_deref())
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        self.key = self.req.session.as_ref().map(|s| ConversationKey {
+            target: "privacy".into(),
+            user: format!(
+                "{}/{}",
+                client.unwrap_or("-"),
+                self.req.user.as_deref().unwrap_or("-")
+            ),
+            session: s.clone(),
+        });
+        if let Some(key) = &self.key {
+            if let Some(text) = shared.conversations.get(key).await {
+                self.mapping = serde_json::from_str(&text).unwrap_or_default();
+            }
         }
     }
 
@@ -80,12 +93,7 @@ impl<'r> Private<'r> {
             return Prepared::Plain;
         };
         if !self.loaded {
-            self.loaded = true;
-            if let Some(key) = &self.key {
-                if let Some(text) = shared.conversations.get(key).await {
-                    self.mapping = serde_json::from_str(&text).unwrap_or_default();
-                }
-            }
+            self.load(shared, ctx.client.as_deref()).await;
         }
         let detector = Detector::new(
             p.kinds,
