@@ -48,7 +48,14 @@ scenarios:
     targets: [{{ provider: gpt, model: gpt-up }}]
   dify_private:
     privacy: {{ action: pseudonymize }}
-    targets: [{{ provider: dify-chat }}]
+    targets: [{{ provider: dify-chat, inputs: {{ patient: "{{{{ user_profile.name }}}}" }} }}]
+  prompted:
+    privacy: {{ action: pseudonymize }}
+    targets:
+      - provider: gpt
+        model: gpt-up
+        system_prompt: "客户：{{{{ user_profile.name }}}}，电话 {{{{ user_profile.phone }}}}"
+
   cached_private:
     privacy: {{ action: pseudonymize }}
     cache: {{ ttl: 60s }}
@@ -377,4 +384,40 @@ async fn tool_call_arguments_dify_queries_and_cached_answers() {
     // Another number is another request: no answer of the first is replayed.
     let (_, other) = ask(&s.gw.api, turn("cached_private", &format!("电话{PHONE2}"))).await;
     assert_eq!(content(&other), format!("已记录{PHONE2}"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prompt_variables_dify_inputs_and_tool_results_are_rewritten_too() {
+    let s = setup().await;
+    let body = json!({"model": "prompted",
+        "metadata": {"user_profile": {"name": NAME, "phone": PHONE}},
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "查一下我的预约"}]},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+                "function": {"name": "lookup", "arguments": format!("{{\"phone\":\"{PHONE}\"}}")}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": format!("预约人{NAME}，邮箱{EMAIL}")},
+            {"role": "user", "content": "好的"}
+        ]});
+    let (status, text) = ask(&s.gw.api, body).await;
+    assert_eq!(status, 200, "{text}");
+    let sent = s.gpt.last().json();
+    let all = sent.to_string();
+    for value in [PHONE, NAME, EMAIL] {
+        assert!(!all.contains(value), "{value} left: {all}");
+    }
+    assert_eq!(sent["messages"][0]["content"], "客户：[NAME_1]，电话 [PHONE_1]", "{all}");
+    assert!(
+        sent["messages"][2]["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap()
+            .contains("[PHONE_1]"),
+        "{all}"
+    );
+    assert_eq!(sent["messages"][3]["content"], "预约人[NAME_1]，邮箱[EMAIL_1]");
+
+    // A Dify app's inputs rendered from the profile carry the placeholders as well.
+    let (status, text) = ask(&s.gw.api, turn("dify_private", "你好")).await;
+    assert_eq!(status, 200, "{text}");
+    let call = s.dify.calls().last().unwrap().body.clone();
+    assert_eq!(call["inputs"]["patient"], "[NAME_1]", "{call}");
 }
