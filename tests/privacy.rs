@@ -390,14 +390,14 @@ async fn tool_call_arguments_dify_queries_and_cached_answers() {
 async fn prompt_variables_dify_inputs_and_tool_results_are_rewritten_too() {
     let s = setup().await;
     let body = json!({"model": "prompted",
-        "metadata": {"user_profile": {"name": NAME, "phone": PHONE}},
-        "messages": [
-            {"role": "user", "content": [{"type": "text", "text": "查一下我的预约"}]},
-            {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
-                "function": {"name": "lookup", "arguments": format!("{{\"phone\":\"{PHONE}\"}}")}}]},
-            {"role": "tool", "tool_call_id": "c1", "content": format!("预约人{NAME}，邮箱{EMAIL}")},
-            {"role": "user", "content": "好的"}
-        ]});
+    "metadata": {"user_profile": {"name": NAME, "phone": PHONE}},
+    "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "查一下我的预约"}]},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+            "function": {"name": "lookup", "arguments": format!("{{\"phone\":\"{PHONE}\"}}")}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": format!("预约人{NAME}，邮箱{EMAIL}")},
+        {"role": "user", "content": "好的"}
+    ]});
     let (status, text) = ask(&s.gw.api, body).await;
     assert_eq!(status, 200, "{text}");
     let sent = s.gpt.last().json();
@@ -405,7 +405,10 @@ async fn prompt_variables_dify_inputs_and_tool_results_are_rewritten_too() {
     for value in [PHONE, NAME, EMAIL] {
         assert!(!all.contains(value), "{value} left: {all}");
     }
-    assert_eq!(sent["messages"][0]["content"], "客户：[NAME_1]，电话 [PHONE_1]", "{all}");
+    assert_eq!(
+        sent["messages"][0]["content"], "客户：[NAME_1]，电话 [PHONE_1]",
+        "{all}"
+    );
     assert!(
         sent["messages"][2]["tool_calls"][0]["function"]["arguments"]
             .as_str()
@@ -413,7 +416,10 @@ async fn prompt_variables_dify_inputs_and_tool_results_are_rewritten_too() {
             .contains("[PHONE_1]"),
         "{all}"
     );
-    assert_eq!(sent["messages"][3]["content"], "预约人[NAME_1]，邮箱[EMAIL_1]");
+    assert_eq!(
+        sent["messages"][3]["content"],
+        "预约人[NAME_1]，邮箱[EMAIL_1]"
+    );
 
     // A Dify app's inputs rendered from the profile carry the placeholders as well.
     let (status, text) = ask(&s.gw.api, turn("dify_private", "你好")).await;

@@ -244,9 +244,15 @@ pub async fn serve(
 }
 
 /// An OpenAI-shaped answer is decoded and re-encoded, rather than relayed as it is, for a
-/// client of another dialect and for an answer whose placeholders are to be restored.
+/// client of another dialect and for a streamed answer whose placeholders are to be restored
+/// (a whole answer has them restored in its bytes by the passthrough relay, when the values
+/// allow it).
 fn decode_if_needed(ctx: &RequestCtx, call: &mut providers::UpstreamCall, provider: &str) {
-    if call.decoder.is_none() && (ctx.dialect != Dialect::OpenAi || ctx.restore.is_some()) {
+    let restore = ctx
+        .restore
+        .as_ref()
+        .is_some_and(|m| call.stream || !m.json_plain());
+    if call.decoder.is_none() && (ctx.dialect != Dialect::OpenAi || restore) {
         call.decoder = Some(Decoder::OpenAi(OpenAiStream::new(provider)));
     }
 }

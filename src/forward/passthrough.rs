@@ -95,6 +95,13 @@ pub async fn json(
         }
     };
     a.established(ctx);
+    // Placeholders back to their values (privacy), before the cache or the client sees it.
+    let body = match (&ctx.restore, std::str::from_utf8(&body)) {
+        (Some(map), Ok(text)) if text.contains('[') => {
+            Bytes::from(crate::privacy::restore::Restorer::restore(map, text))
+        }
+        _ => body,
+    };
     // One look at the answer serves usage and the cache.
     let seen = watch::completion(&body, ctx.capture.is_some());
     take_tokens(ctx, seen.tokens);

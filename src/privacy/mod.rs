@@ -129,6 +129,17 @@ impl Mapping {
         self.entries.len()
     }
 
+    /// Whether every value can be written into JSON text as it is (no quote, backslash or
+    /// control character): then placeholders can be restored in an answer's JSON bytes
+    /// directly, even inside a tool call's JSON-in-a-string arguments.
+    pub fn json_plain(&self) -> bool {
+        self.entries.iter().all(|e| {
+            !e.value
+                .chars()
+                .any(|c| c == '"' || c == '\\' || c.is_control())
+        })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -286,7 +297,7 @@ fn rewrite_message(
     if !changed {
         return None;
     }
-    RawValue::from_string(m.to_string()).ok()
+    serde_json::value::to_raw_value(&m).ok()
 }
 
 /// The request as a target under privacy receives it: the same request with every message
